@@ -37,3 +37,34 @@ def concert_schema():
         "foreign_keys": [[9, 1], [11, 8], [12, 4]],
     }
     return Schema.from_tables_json(entry)
+
+
+CONCERT_TURNS = [
+    [("Show all singers.", "SELECT name FROM singer"),
+     ("Which of them are older than 30?", "SELECT name FROM singer WHERE age > 30"),
+     ("Order them by age.", "SELECT name FROM singer WHERE age > 30 ORDER BY age")],
+    [("How many concerts are there?", "SELECT count(*) FROM concert"),
+     ("In 2014?", "SELECT count(*) FROM concert WHERE year = 2014")],
+    [("List stadium names.", "SELECT name FROM stadium"),
+     ("With their capacity.", "SELECT name, capacity FROM stadium"),
+     ("Only the largest one.", "SELECT name, capacity FROM stadium ORDER BY capacity DESC LIMIT 1")],
+    [("Which singers sang in a concert?",
+      "SELECT T1.name FROM singer AS T1 JOIN singer_in_concert AS T2 ON T1.singer_id = T2.singer_id"),
+     ("Count them per country.",
+      "SELECT T1.country, count(*) FROM singer AS T1 JOIN singer_in_concert AS T2 ON "
+      "T1.singer_id = T2.singer_id GROUP BY T1.country")],
+]
+
+
+@pytest.fixture
+def concert_data(tmp_path, concert_schema):
+    """A data directory in the official layout with a handful of real interactions."""
+    import json
+    d = tmp_path / "data"
+    d.mkdir()
+    (d / "tables.json").write_text(json.dumps([concert_schema.to_tables_json()]))
+    items = [{"database_id": "concerts", "interaction": [{"utterance": u, "query": q} for u, q in turns]}
+             for turns in CONCERT_TURNS]
+    (d / "train.json").write_text(json.dumps(items))
+    (d / "dev.json").write_text(json.dumps(items[:2]))
+    return str(d)

