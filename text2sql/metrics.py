@@ -60,7 +60,7 @@ class Meter:
         per_turn_len = mask.sum(1)
         per_turn_right = right.sum(1)
         valid = per_turn_len > 0
-        ratios = per_turn_right[valid].float() / per_turn_len[valid].float()
+        ratios = per_turn_right[valid].double() / per_turn_len[valid].double()
         self.turn_ratios += ratios.tolist()
         strings = (per_turn_right == per_turn_len) & valid
         self.turns += int(valid.sum())

@@ -34,6 +34,8 @@ def module_of(param_name: str) -> str:
         return "encoder"
     if head == "attention":
         return "attention"
+    if head == "link":
+        return "attention"
     if head in ("summary", "turn_rnn", "history"):
         return "turn_rnn"
     if head == "decoder" and param_name.split(".")[1] in ("keyword_out", "db_proj", "copy_proj", "keyword_emb"):
@@ -41,6 +43,36 @@ def module_of(param_name: str) -> str:
     if head == "relevance":
         return "output"
     return "decoder"
+
+
+def _stem(w: str) -> str:
+    w = w.lower()
+    for suffix in ("ies", "es", "s"):
+        if w.endswith(suffix) and len(w) > len(suffix) + 2:
+            return w[:-len(suffix)] + ("y" if suffix == "ies" else "")
+    return w
+
+
+_LINK_CACHE: dict = {}
+
+
+def _link(words: list[str], unit_texts: list[str], U: int) -> torch.Tensor:
+    key = (tuple(words), id(unit_texts), U)
+    hit = _LINK_CACHE.get(key)
+    if hit is not None and hit[0] is unit_texts:
+        return hit[1]
+    said = {_stem(w) for w in words}
+    out = torch.zeros(U, 2)
+    for j, text in enumerate(unit_texts):
+        table, _, column = text.partition(" . ")
+        for k, part in enumerate((table.replace(" *", ""), column)):
+            toks = [_stem(t) for t in part.split()]
+            if toks:
+                out[j, k] = sum(t in said for t in toks) / len(toks)
+    if len(_LINK_CACHE) > 100000:
+        _LINK_CACHE.clear()
+    _LINK_CACHE[key] = (unit_texts, out)
+    return out
 
 
 @dataclass
@@ -87,6 +119,8 @@ class Text2SQL(nn.Module):
         self.drop = nn.Dropout(dropout)
         # utterance-level mask: which DB units this turn can be about (trained on the gold's units)
         self.relevance = nn.Linear(H, 1) if unit_mask else None
+        # schema linking: how much of a unit's table and column names the utterance mentions
+        self.link = nn.Linear(2, H)
         self._cache: dict = {}
 
     # ---- encoding ------------------------------------------------------------------------
@@ -131,9 +165,22 @@ class Text2SQL(nn.Module):
             unit_mask[i, :d.shape[0]] = True
         return utt, utt_mask, units, unit_mask
 
+    def link_features(self, examples: list[Example], U: int) -> torch.Tensor:
+        """[N, U, 2]: per row (pre-turn, turns) and unit, the share of its table's and its column's
+        name words that occur in the utterance. Pretrained encoders align words and names on their
+        own; these two numbers make the match explicit for any encoder."""
+        rows = []
+        for ex in examples:
+            rows.append(torch.zeros(U, 2))                  # the pre-turn has no utterance
+            for words in ex.words:
+                rows.append(_link(words, ex.unit_texts, U))
+        return torch.stack(rows)
+
     def contextualise(self, examples: list[Example]):
         """Encoder, utterance-DB attention and turn RNN for every turn of the batch."""
         utt, utt_mask, units, unit_mask = self.encode(examples)       # [N, W, H], [N, U, H]
+        units = units + self.link(self.link_features(examples, units.shape[1]).to(units.device)) \
+            * unit_mask.unsqueeze(-1)
         utt, units = self.attention(self.drop(utt), utt_mask, self.drop(units), unit_mask)
         summaries = self.summary(utt, utt_mask, units, unit_mask)     # [N, S]
         rows, histories, states = [], [], []

@@ -304,7 +304,7 @@ class Trainer:
         total.backward()
         norms, bad = grad_norms(self.model)
         if not loss_ok or bad:
-            what = f"non-finite loss ({float(total)})" if not loss_ok else "non-finite gradient"
+            what = f"non-finite loss ({float(total.detach())})" if not loss_ok else "non-finite gradient"
             where = ", ".join(sorted(bad)) or "none (the loss itself)"
             msg = (f"{what} at epoch {self.epoch + 1} step {self.step + 1}; modules with non-finite "
                    f"gradients: {where}; batch: " + ", ".join(f"{s[0]}#{s[1]}" for s in
