@@ -1,0 +1,19 @@
+-- city_transit: bus lines, stops, which line serves which stop, and drivers assigned to lines
+CREATE TABLE line (line_id INTEGER PRIMARY KEY, line_name TEXT, fare REAL, opened INTEGER);
+CREATE TABLE stop (stop_id INTEGER PRIMARY KEY, stop_name TEXT, district TEXT, shelter TEXT);
+CREATE TABLE line_stop (line_id INTEGER, stop_id INTEGER, stop_order INTEGER,
+                        PRIMARY KEY (line_id, stop_id),
+                        FOREIGN KEY (line_id) REFERENCES line(line_id),
+                        FOREIGN KEY (stop_id) REFERENCES stop(stop_id));
+CREATE TABLE driver (driver_id INTEGER PRIMARY KEY, name TEXT, years_experience INTEGER, line_id INTEGER,
+                     FOREIGN KEY (line_id) REFERENCES line(line_id));
+INSERT INTO line VALUES (1,'Red',2.5,1990),(2,'Blue',2.0,1995),(3,'Green',3.0,2004),(4,'Orange',2.75,2011),
+ (5,'Night Owl',4.0,2016);
+INSERT INTO stop VALUES (1,'Central Station','Downtown','yes'),(2,'Market Square','Downtown','yes'),
+ (3,'River Park','Riverside','no'),(4,'College Gate','University','yes'),(5,'Hill Road','Uptown','no'),
+ (6,'Harbor Point','Harbor','yes'),(7,'Old Mill','Riverside','no'),(8,'Airport','Airport','yes'),
+ (9,'Library','University','no'),(10,'Stadium','Uptown','yes'),(11,'Quarry Lane','Uptown','no');
+INSERT INTO line_stop VALUES (1,1,1),(1,2,2),(1,3,3),(1,7,4),(2,1,1),(2,4,2),(2,9,3),(3,2,1),(3,5,2),
+ (3,10,3),(4,6,1),(4,1,2),(4,8,3),(5,8,1),(5,1,2),(5,2,3),(5,6,4);
+INSERT INTO driver VALUES (1,'Ivy Kent',12,1),(2,'Jon Lamb',3,1),(3,'Kara Moss',7,2),(4,'Leo Nunn',15,3),
+ (5,'Maya Ortiz',1,4),(6,'Nate Price',9,5),(7,'Oona Rhee',4,2),(8,'Paul Sims',20,3),(9,'Quin Todd',6,5);

@@ -1,0 +1,24 @@
+-- music_store: artists, their albums, customers and what they bought
+CREATE TABLE artist (artist_id INTEGER PRIMARY KEY, name TEXT, country TEXT, debut_year INTEGER);
+CREATE TABLE album (album_id INTEGER PRIMARY KEY, title TEXT, artist_id INTEGER, release_year INTEGER,
+                    price REAL, genre TEXT, FOREIGN KEY (artist_id) REFERENCES artist(artist_id));
+CREATE TABLE customer (customer_id INTEGER PRIMARY KEY, name TEXT, email TEXT, city TEXT);
+CREATE TABLE purchase (purchase_id INTEGER PRIMARY KEY, customer_id INTEGER, album_id INTEGER,
+                       quantity INTEGER, purchase_date TEXT,
+                       FOREIGN KEY (customer_id) REFERENCES customer(customer_id),
+                       FOREIGN KEY (album_id) REFERENCES album(album_id));
+INSERT INTO artist VALUES (1,'The Lanterns','UK',2001),(2,'Mira Sol','Spain',2010),(3,'Blue Harbor','USA',1995),
+ (4,'Kenji Ito','Japan',2008),(5,'Nova Pulse','USA',2015),(6,'Lena Berg','Germany',1999);
+INSERT INTO album VALUES (1,'First Light',1,2002,12.5,'Rock'),(2,'Night Roads',1,2006,14.0,'Rock'),
+ (3,'Sol y Mar',2,2011,11.0,'Pop'),(4,'Harbor Lights',3,1996,9.5,'Jazz'),(5,'Deep Water',3,2003,10.0,'Jazz'),
+ (6,'Tokyo Rain',4,2009,13.0,'Electronic'),(7,'Pulse One',5,2016,15.0,'Electronic'),(8,'Pulse Two',5,2019,16.5,'Electronic'),
+ (9,'Stille',6,2000,12.0,'Classical'),(10,'Winter Suite',6,2012,18.0,'Classical'),(11,'Canciones',2,2018,12.0,'Pop'),(12,'Quiet Hours',4,2021,14.5,'Electronic');
+INSERT INTO customer VALUES (1,'Alice Brown','alice@example.com','Denver'),(2,'Bob Stone','bob@example.com','Austin'),
+ (3,'Carla Diaz','carla@example.com','Denver'),(4,'Dev Patel','dev@example.com','Seattle'),
+ (5,'Erin Cole','erin@example.com','Austin'),(6,'Frank Hu','frank@example.com','Portland'),
+ (7,'Gina Lee','gina@example.com','Seattle'),(8,'Hugo Marx','hugo@example.com','Denver');
+INSERT INTO purchase VALUES (1,1,1,1,'2023-01-05'),(2,1,3,2,'2023-02-11'),(3,2,4,1,'2023-02-20'),
+ (4,3,7,1,'2023-03-02'),(5,3,8,1,'2023-03-15'),(6,4,9,3,'2023-04-01'),(7,5,2,1,'2023-04-18'),
+ (8,5,7,2,'2023-05-09'),(9,6,5,1,'2023-05-30'),(10,7,6,1,'2023-06-12'),(11,7,10,1,'2023-06-25'),
+ (12,8,1,2,'2023-07-07'),(13,2,11,1,'2023-07-19'),(14,4,3,1,'2023-08-03'),(15,1,7,1,'2023-08-21'),
+ (16,6,4,2,'2023-09-10');
