@@ -206,3 +206,35 @@ def test_cli_train_exit_code_on_nan_guard_is_not_a_traceback(concert_data, tmp_p
     assert p.returncode == 3, p.stderr[-500:]
     last = p.stderr.strip().splitlines()[-1]
     assert last.startswith("error: non-finite loss") and "debug checkpoint" in last
+
+
+def test_unit_mask_trains_a_relevance_head_and_masks_when_decoding(concert_data, tmp_path):
+    tr = Trainer(cfg_for(concert_data, tmp_path, unit_mask=True), log=quiet, progress=False)
+    model = tr.model
+    out = model(tr.train_ex[:2])
+    assert out.relevance_loss is not None and float(out.relevance_loss.detach()) > 0
+    with torch.no_grad():
+        model.relevance.bias.fill_(-50.0)          # the head now rejects every unit...
+        model.relevance.weight.zero_()
+    model.eval()
+    ctx = model.contextualise(tr.train_ex[:1])
+    mask = model.decoding_mask(ctx)
+    assert torch.equal(mask, ctx["unit_mask"])     # ...but never leaves a turn with no unit at all
+    with torch.no_grad():
+        model.relevance.bias.fill_(0.0)
+        model.relevance.weight.zero_()
+        model.relevance.weight[0, 0] = 1.0         # keep units whose first feature is positive
+    mask = model.decoding_mask(ctx)
+    expect = (ctx["units"][..., 0] > 0) & ctx["unit_mask"]
+    assert torch.equal(mask, expect) and mask.sum() < ctx["unit_mask"].sum()
+
+
+def test_key_init_copies_bert_embeddings(concert_data, tmp_path):
+    tr = Trainer(cfg_for(concert_data, tmp_path, key_init=True), log=quiet, progress=False)
+    enc = tr.model.encoder
+    k = tr.vocab.index["select"]
+    table = enc.bert.embeddings.word_embeddings.weight
+    expect = table[enc.pieces("select")].mean(0)
+    assert torch.allclose(tr.model.decoder.keyword_emb.weight[k], expect)
+    g = tr.vocab.index["group_by"]
+    assert torch.allclose(tr.model.decoder.keyword_emb.weight[g], table[enc.pieces("group by")].mean(0))

