@@ -80,3 +80,22 @@ def test_shared_tables():
     assert len(schemas) == 166
     s = schemas["concert_singer"]
     assert "singer.name" in s.units and s.fk_edges()
+
+
+def test_sqlite_path_with_odd_characters(tmp_path):
+    d = tmp_path / "we#ird?dir"
+    d.mkdir()
+    db = d / "zoo.sqlite"
+    con = sqlite3.connect(db)
+    con.execute("CREATE TABLE animal (id INTEGER PRIMARY KEY, name TEXT)")
+    con.close()
+    s = Schema.from_sqlite(str(db))
+    assert [t.name for t in s.tables] == ["animal"]
+
+
+def test_tables_json_without_star_column_keeps_keys_on_their_columns():
+    s = Schema.from_tables_json({
+        "db_id": "x", "table_names_original": ["a", "b"],
+        "column_names_original": [[0, "id"], [1, "a_id"]], "primary_keys": [0], "foreign_keys": [[1, 0]]})
+    assert s.columns[s.primary_keys[0]].name == "id"
+    assert [(s.columns[a].name, s.columns[b].name) for a, b in s.foreign_keys] == [("a_id", "id")]

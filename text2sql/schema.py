@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+from pathlib import Path
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -147,12 +148,15 @@ class Schema:
             nat = cnat[i][1] if i < len(cnat) else n
             columns.append(Column(table=t, name=n, natural=nat,
                                   type=ctypes[i] if i < len(ctypes) else "text"))
+        shift = 0
         if not columns or columns[0].table != -1:
+            # Spider's column 0 is the global "*": add it, and move key indices along with it
             columns.insert(0, Column(table=-1, name="*", natural="*", type="text"))
+            shift = 1
         pks = []
         for pk in entry.get("primary_keys", []):
-            pks.extend(pk if isinstance(pk, list) else [pk])   # newer files group composite keys
-        fks = [tuple(fk) for fk in entry.get("foreign_keys", [])]
+            pks.extend(k + shift for k in (pk if isinstance(pk, list) else [pk]))  # newer files group composite keys
+        fks = [(a + shift, b + shift) for a, b in entry.get("foreign_keys", [])]
         return cls(db_id=db_id, tables=tables, columns=columns, primary_keys=pks, foreign_keys=fks)
 
     def to_tables_json(self) -> dict:
@@ -174,7 +178,8 @@ class Schema:
             raise DataError("no such SQLite file", file=path)
         db_id = db_id or os.path.splitext(os.path.basename(path))[0]
         try:
-            con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+            # as a URI so that it opens read-only; as_uri() escapes "#" and "?" in the path
+            con = sqlite3.connect(Path(path).resolve().as_uri() + "?mode=ro", uri=True)
             try:
                 names = [r[0] for r in con.execute(
                     "SELECT name FROM sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite_%' "
