@@ -238,3 +238,25 @@ def test_key_init_copies_bert_embeddings(concert_data, tmp_path):
     assert torch.allclose(tr.model.decoder.keyword_emb.weight[k], expect)
     g = tr.vocab.index["group_by"]
     assert torch.allclose(tr.model.decoder.keyword_emb.weight[g], table[enc.pieces("group by")].mean(0))
+
+
+def test_remove_from_and_sorted_batches_train(concert_data, tmp_path):
+    tr = Trainer(cfg_for(concert_data, tmp_path, remove_from=True, sort_by_turns=True, shuffle=True,
+                         epochs=2), log=quiet, progress=False)
+    assert [("from" in e.tokens[0]) for e in tr.train_ex] == [False, False, False, True]   # a link table
+    # named by no unit keeps its FROM (see sql_tokens)
+    assert any("concert.*" in toks for e in tr.train_ex for toks in e.tokens)
+    tr.run()
+    rows = [json.loads(l) for l in open(os.path.join(tr.run_dir, "metrics.jsonl"))]
+    assert [r["epoch"] for r in rows if r["split"] == "valid"] == [1, 2]
+
+
+def test_db_split_protocol_never_shares_a_database():
+    from conftest import shared_path
+    from text2sql.train import load_data
+    data = os.path.dirname(shared_path("sparc", "dev.json"))
+    train, valid, _, _ = load_data(TrainConfig(data=data, protocol="db_split"), log=quiet)
+    tdb, vdb = {i.db_id for i in train}, {i.db_id for i in valid}
+    assert not tdb & vdb and len(tdb) == len(vdb) == 10
+    assert max(tdb) < min(vdb)       # the first 10 in sorted order train
+    assert (len(train), sum(len(i) for i in train), len(valid), sum(len(i) for i in valid)) == (225, 696, 197, 507)
