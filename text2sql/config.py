@@ -56,7 +56,8 @@ class TrainConfig:
     # evaluation and logging
     eval_every: int = _f(1, "evaluate every N epochs")
     train_eval_size: int = _f(200, "training interactions evaluated each time (0: all)")
-    resume: str | None = _f(None, "continue the run in RUN_DIR from its last.pt")
+    resume: str | None = _f(None, "continue the run in RUN_DIR from its last.pt, with its saved config "
+                                  "(only --epochs and --device may change)")
     logdir: str = _f("logs", "where run folders go")
     note: str = _f("", "a note for this run (shown by later tools)")
     run_dir: str | None = _f(None, "write this run here instead of logs/<Mon DD_HH-MM-SS>_<host>/")
