@@ -66,7 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_data_commands(sub)
     from .config import add_train_command
+    from .predict import add_predict_command
     add_train_command(sub)
+    add_predict_command(sub)
     return parser
 
 

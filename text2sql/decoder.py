@@ -126,24 +126,3 @@ class Decoder(nn.Module):
             state, prev_out, logp = self.step(state, emb[:, i], prev_out, mem)
             logps.append(logp)
         return torch.stack(logps, 1)
-
-    @torch.no_grad()
-    def greedy(self, turn_state, mem: DecoderMemory, go: int, eos: int, max_len: int = 100):
-        """Greedy decoding: [B, <=max_len] joint ids, each row ended by ``eos`` where it stopped."""
-        B = turn_state.shape[0]
-        state = self.init_state(turn_state)
-        prev_out = turn_state.new_zeros(B, self.hidden)
-        tok = torch.full((B, 1), go, dtype=torch.long, device=turn_state.device)
-        done = torch.zeros(B, dtype=torch.bool, device=turn_state.device)
-        out = []
-        for _ in range(max_len):
-            emb = self.embed(tok, mem.units)[:, 0]
-            state, prev_out, logp = self.step(state, emb, prev_out, mem)
-            nxt = logp.argmax(-1)                                             # [B]
-            nxt = torch.where(done, torch.full_like(nxt, eos), nxt)
-            out.append(nxt)
-            done = done | (nxt == eos)
-            tok = nxt.unsqueeze(1)
-            if bool(done.all()):
-                break
-        return torch.stack(out, 1)

@@ -280,9 +280,13 @@ class Text2SQL(nn.Module):
     # ---- decoding ------------------------------------------------------------------------
     @torch.no_grad()
     def predict(self, examples: list[Example], use_gold_previous: bool = False,
-                max_len: int = 100) -> list[list[list[int]]]:
-        """Greedy decoding, turn by turn: each turn sees the previous turn's *prediction*
-        (or the gold one). Returns per interaction, per turn, joint ids without the end token."""
+                max_len: int = 100, beam: int = 1, constrained: bool = False) -> list[list[list[int]]]:
+        """Decoding, turn by turn: each turn sees the previous turn's *prediction* (or, with
+        ``use_gold_previous``, the gold one). Greedy over all interactions at once, or beam search
+        (``beam`` > 1) turn by turn; ``constrained`` keeps every prefix well-formed SQL.
+        Returns per interaction, per turn, joint ids without the end token."""
+        from .decoding import Grammar, beam_search, greedy
+        grammar = Grammar(self.vocab) if constrained else None
         ctx = self.contextualise(examples)
         starts, r = [], 0
         for ex in examples:
@@ -299,9 +303,16 @@ class Text2SQL(nn.Module):
                 else:
                     prev.append(examples[i].targets[t - 1][:-1] if use_gold_previous else preds[i][t - 1])
             mem = self.memory(ctx, prev, rows)
-            ids = self.decoder.greedy(ctx["state"][rows], mem, self.vocab.go, self.vocab.eos, max_len)
+            if beam <= 1:
+                seqs = greedy(self.decoder, ctx["state"][rows], mem, self.vocab, grammar, max_len)
+            else:
+                seqs = []
+                for k in range(len(live)):
+                    one = DecoderMemory(*(getattr(mem, f)[k:k + 1] for f in (
+                        "utt", "utt_mask", "units", "unit_mask", "prev", "prev_mask", "prev_ids")))
+                    seqs.append(beam_search(self.decoder, ctx["state"][rows[k:k + 1]], one, self.vocab,
+                                            grammar, beam, max_len))
             for k, i in enumerate(live):
-                seq = ids[k].tolist()
-                preds[i][t] = seq[:seq.index(self.vocab.eos)] if self.vocab.eos in seq else seq
+                preds[i][t] = seqs[k]
         return preds
 

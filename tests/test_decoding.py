@@ -1,0 +1,100 @@
+"""Decoding: the grammar constraint, beam search, SQL output and the predict command."""
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from text2sql.decoding import Grammar, ids_to_sql
+from text2sql.model import Example
+from test_model import cfg_for, quiet
+from text2sql.train import Trainer
+
+
+@pytest.fixture
+def trained(concert_data, tmp_path):
+    tr = Trainer(cfg_for(concert_data, tmp_path, epochs=25, fix_bert=True, batch_size=1), log=quiet,
+                 progress=False)
+    tr.run()
+    tr.model.eval()
+    return tr
+
+
+def test_grammar_rules(concert_schema):
+    from text2sql.vocab import Vocab
+    v = Vocab.build([], [])
+    g = Grammar(v)
+    size = len(v) + len(concert_schema.units)
+    first = g.allowed([], size)
+    assert first.sum() == 1 and first[v.index["select"]]
+    ids = lambda toks: v.encode(toks, concert_schema)[:-1]   # noqa: E731
+    after_open = g.allowed(ids(["select", "count", "("]), size)
+    assert not after_open[v.index[")"]] and not after_open[v.eos]
+    inside = g.allowed(ids(["select", "count", "(", "singer.*"]), size)
+    assert inside[v.index[")"]] and not inside[v.eos]
+    done = g.allowed(ids(["select", "count", "(", "singer.*", ")"]), size)
+    assert done[v.eos] and not done[v.index[")"]]
+    assert not g.allowed(ids(["select", "singer.name", "where"]), size)[v.eos]
+    assert not done[v.pad] and not done[v.go] and not done[v.unk]
+
+
+def test_beam_of_one_is_greedy_and_beam_scores_no_worse(trained):
+    model, ex = trained.model, trained.train_ex
+    greedy = model.predict(ex)
+    assert model.predict(ex, beam=1) == greedy
+    # first turns (no previous query): compare sequence log-probabilities of beam 4 and greedy
+    firsts = [Example(db_id=e.db_id, unit_texts=e.unit_texts, words=e.words[:1], targets=[[]]) for e in ex]
+    g = [p[0] for p in model.predict(firsts)]
+    b = [p[0] for p in model.predict(firsts, beam=4)]
+
+    def score(seqs):
+        exs = [Example(db_id=e.db_id, unit_texts=e.unit_texts, words=e.words[:1],
+                       targets=[s + [model.vocab.eos]]) for e, s in zip(firsts, seqs)]
+        with torch.no_grad():
+            out = model(exs)
+        lp = out.logp.gather(-1, out.targets.unsqueeze(-1)).squeeze(-1) * out.mask
+        return lp.sum(-1)
+    assert (score(b) >= score(g) - 1e-4).all()
+
+
+def test_constrained_output_is_well_formed_even_untrained(concert_data, tmp_path):
+    tr = Trainer(cfg_for(concert_data, tmp_path), log=quiet, progress=False)
+    model = tr.model.eval()
+    v = model.vocab
+    for beam in (1, 3):
+        preds = model.predict(tr.train_ex, beam=beam, constrained=True, max_len=30)
+        for inter in preds:
+            for seq in inter:
+                toks = v.decode(seq + [v.eos], tr.schemas["concerts"])
+                assert toks[0] == "select"
+                depth = 0
+                for t in toks:
+                    depth += (t == "(") - (t == ")")
+                    assert depth >= 0
+                if len(seq) < 30:   # it chose to stop: only where a query can end
+                    assert depth == 0
+
+
+def test_ids_to_sql_restores_from(trained):
+    s = trained.schemas["concerts"]
+    v = trained.vocab
+    ids = v.encode(["select", "count", "(", "concert.*", ")"], s)[:-1]
+    sql, toks, problem = ids_to_sql(ids, v, s)
+    assert sql == "SELECT count(*) FROM concert" and problem is None
+    sql, _, problem = ids_to_sql(v.encode(["select", "where"], s)[:-1], v, s)
+    assert problem and sql == "select where"
+
+
+def test_predict_command_keeps_the_conversation(trained, concert_data, tmp_path):
+    from conftest import ROOT
+    questions = tmp_path / "q.txt"
+    questions.write_text("Show all singers.\nWhich of them are older than 30?\n\nList stadium names.\n")
+    p = subprocess.run([sys.executable, "-m", "text2sql", "predict", "--run", trained.run_dir,
+                        "--tables", f"{concert_data}/tables.json", "--db_id", "concerts",
+                        "--input", str(questions)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-800:]
+    lines = p.stdout.strip().splitlines()
+    assert [l for l in lines if l.startswith("[")] == [
+        "[1] Show all singers.", "[2] Which of them are older than 30?", "[1] List stadium names."]
+    sqls = [lines[i + 1] for i, l in enumerate(lines) if l.startswith("[")]
+    assert all(s.startswith("SELECT") for s in sqls)

@@ -1,0 +1,156 @@
+"""Decoding: grammar-constrained greedy and beam search, and target tokens back to SQL.
+
+The constraint keeps a prefix well-formed, token by token: the query starts with ``select``,
+parentheses balance, ``)`` never closes an empty group, and the end token only comes where a query
+can end (parentheses closed, the last token a complete operand or a direction). DB units are
+already limited to the turn's own schema by the decoder's unit mask. ``constrained=False`` turns
+it off, for comparison.
+"""
+from __future__ import annotations
+
+import torch
+
+from .decoder import NEG, DecoderMemory
+from .errors import DataError
+from .schema import Schema
+from .sql_tokens import tokens_to_sql
+from .vocab import Vocab
+
+# tokens after which the query cannot end and ``)`` cannot come
+_OPEN = {"select", "from", "join", "on", "as", "where", "group_by", "having", "order_by", "limit",
+         "and", "or", "not", "in", "like", "between", "is", "distinct", "(", ",", "=", "!=", "<>", "<",
+         ">", "<=", ">=", "+", "-", "/", "%", "||", "intersect", "union", "except", "exists",
+         "count", "sum", "avg", "min", "max", "<go>"}
+
+
+class Grammar:
+    """Allowed next tokens for a prefix of joint ids (keywords, then the schema's units)."""
+
+    def __init__(self, vocab: Vocab):
+        self.vocab = vocab
+        K = len(vocab)
+        self.K = K
+        self.select = vocab.index["select"]
+        self.open_paren = vocab.index["("]
+        self.close_paren = vocab.index[")"]
+        self.never = [vocab.pad, vocab.go, vocab.unk]
+        self.open_ids = {vocab.index[t] for t in _OPEN if t in vocab.index}
+
+    def allowed(self, prefix: list[int], size: int) -> torch.Tensor:
+        """Bool mask [size] over the joint space for the next token after ``prefix``."""
+        ok = torch.ones(size, dtype=torch.bool)
+        ok[self.never] = False
+        if not prefix:
+            ok[:] = False
+            ok[self.select] = True
+            return ok
+        depth = sum(1 for i in prefix if i == self.open_paren) - sum(1 for i in prefix if i == self.close_paren)
+        last = prefix[-1]
+        last_open = last < self.K and last in self.open_ids
+        if depth <= 0 or last_open:
+            ok[self.close_paren] = False
+        if depth != 0 or last_open:
+            ok[self.vocab.eos] = False
+        return ok
+
+
+def _apply(logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return logp.masked_fill(~mask.to(logp.device), NEG)
+
+
+@torch.no_grad()
+def greedy(decoder, turn_state, mem: DecoderMemory, vocab: Vocab, grammar: Grammar | None,
+           max_len: int = 100) -> list[list[int]]:
+    """Greedy decoding of B turns at once -> joint ids per turn, without the end token."""
+    B = turn_state.shape[0]
+    state = decoder.init_state(turn_state)
+    prev_out = turn_state.new_zeros(B, decoder.hidden)
+    tok = torch.full((B, 1), vocab.go, dtype=torch.long, device=turn_state.device)
+    seqs: list[list[int]] = [[] for _ in range(B)]
+    done = [False] * B
+    for _ in range(max_len):
+        emb = decoder.embed(tok, mem.units)[:, 0]
+        state, prev_out, logp = decoder.step(state, emb, prev_out, mem)
+        if grammar is not None:
+            logp = _apply(logp, torch.stack([grammar.allowed(s, logp.shape[1]) for s in seqs]))
+        nxt = logp.argmax(-1).tolist()
+        for b in range(B):
+            if not done[b]:
+                if nxt[b] == vocab.eos:
+                    done[b] = True
+                else:
+                    seqs[b].append(nxt[b])
+        if all(done):
+            break
+        tok = torch.tensor(nxt, device=turn_state.device).unsqueeze(1)
+    return seqs
+
+
+@torch.no_grad()
+def beam_search(decoder, turn_state, mem: DecoderMemory, vocab: Vocab, grammar: Grammar | None,
+                beam: int = 4, max_len: int = 100) -> list[int]:
+    """Beam search for ONE turn (turn_state [1, S], memory of batch 1) -> the best joint ids.
+
+    Hypotheses are ranked by their summed log-probability; a finished one leaves the beam, and the
+    search stops once no live hypothesis can beat the best finished one.
+    """
+    def expand(x):
+        return x.expand(beam, *x.shape[1:]) if x is not None else None
+    m = DecoderMemory(utt=expand(mem.utt), utt_mask=expand(mem.utt_mask), units=expand(mem.units),
+                      unit_mask=expand(mem.unit_mask), prev=expand(mem.prev), prev_mask=expand(mem.prev_mask),
+                      prev_ids=expand(mem.prev_ids))
+    h, c = decoder.init_state(turn_state)
+    state = (h.expand(beam, -1).contiguous(), c.expand(beam, -1).contiguous())
+    prev_out = turn_state.new_zeros(beam, decoder.hidden)
+    seqs: list[list[int]] = [[]]
+    scores = torch.zeros(1, device=turn_state.device)
+    finished: list[tuple[float, list[int]]] = []
+    tok = torch.full((beam,), vocab.go, dtype=torch.long, device=turn_state.device)
+    for _ in range(max_len):
+        n = len(seqs)
+        emb = decoder.embed(tok[:n].unsqueeze(1), m.units[:n])[:, 0]
+        sub = DecoderMemory(*(getattr(m, f)[:n] if getattr(m, f) is not None else None
+                              for f in ("utt", "utt_mask", "units", "unit_mask", "prev", "prev_mask",
+                                        "prev_ids")))
+        (h, c), out, logp = decoder.step((state[0][:n], state[1][:n]), emb, prev_out[:n], sub)
+        if grammar is not None:
+            logp = _apply(logp, torch.stack([grammar.allowed(s, logp.shape[1]) for s in seqs]))
+        total = (scores.unsqueeze(1) + logp).view(-1)                  # [n * V]
+        V = logp.shape[1]
+        top = total.topk(min(2 * beam, total.numel()))
+        new_seqs, new_scores, rows, toks = [], [], [], []
+        for score, idx in zip(top.values.tolist(), top.indices.tolist()):
+            if score <= NEG / 2:
+                break
+            r, t = divmod(idx, V)
+            if t == vocab.eos:
+                finished.append((score, seqs[r]))
+                continue
+            new_seqs.append(seqs[r] + [t])
+            new_scores.append(score)
+            rows.append(r)
+            toks.append(t)
+            if len(new_seqs) == beam:
+                break
+        best_done = max((s for s, _ in finished), default=None)
+        if not new_seqs or (best_done is not None and best_done >= new_scores[0]):
+            break
+        idx = torch.tensor(rows, device=turn_state.device)
+        state = (h[idx], c[idx])
+        prev_out = out[idx]
+        seqs = new_seqs
+        scores = torch.tensor(new_scores, device=turn_state.device)
+        tok = torch.tensor(toks, device=turn_state.device)
+    if finished:
+        return max(finished, key=lambda f: f[0])[1]
+    return seqs[0] if seqs else []
+
+
+def ids_to_sql(ids: list[int], vocab: Vocab, schema: Schema) -> tuple[str, list[str], str | None]:
+    """Joint ids -> (SQL, tokens, problem). FROM is restored for FROM-less output; a token
+    sequence that does not make a query comes back as its tokens joined, with the reason."""
+    tokens = vocab.decode(list(ids) + [vocab.eos], schema)
+    try:
+        return tokens_to_sql(tokens, schema), tokens, None
+    except DataError as e:
+        return " ".join(tokens), tokens, e.reason
