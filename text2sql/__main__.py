@@ -66,9 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_data_commands(sub)
     from .config import add_train_command
-    from .predict import add_predict_command
+    from .inference import add_evaluate_command, add_predict_command
     add_train_command(sub)
     add_predict_command(sub)
+    add_evaluate_command(sub)
     return parser
 
 

@@ -154,3 +154,6 @@ def ids_to_sql(ids: list[int], vocab: Vocab, schema: Schema) -> tuple[str, list[
         return tokens_to_sql(tokens, schema), tokens, None
     except DataError as e:
         return " ".join(tokens), tokens, e.reason
+    except (ValueError, KeyError, IndexError, TypeError) as e:
+        # model output can be any token sequence: never let a malformed one stop an evaluation
+        return " ".join(tokens), tokens, f"cannot build SQL: {e}"

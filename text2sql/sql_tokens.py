@@ -751,6 +751,8 @@ def _sql_toks(toks, schema, scopes, counter, clause) -> str:
             words.append("(" + _sql_query(t, schema, scopes, counter) + ")")
             continue
         if t.kind == "unit":
+            if "." not in t.text:
+                raise SQLError(f"table {t.text!r} used where a column or value belongs")
             table, col = t.text.split(".", 1)
             ti = t.table
             alias = None

@@ -1,0 +1,237 @@
+"""Inference commands: ``predict`` (questions about a database, turn by turn) and ``evaluate``
+(decode a whole split and score it with the exact-set-match and execution evaluator).
+
+``predict``: ask a trained parser questions about a database, turn by turn.
+
+Questions come one per line (stdin or ``--input``); the conversation carries on from line to line,
+each turn seeing the parser's own previous SQL, until a blank line starts a new one. Each turn
+prints its SQL (FROM restored for FROM-less models), and with ``--execute`` the first rows of its
+result, run read-only.
+"""
+from __future__ import annotations
+
+import os
+import sqlite3
+import sys
+from pathlib import Path
+
+from .data import tokenize_utterance
+from .decoding import ids_to_sql
+from .errors import DataError
+from .model import Example
+from .schema import Schema, load_tables
+
+
+def load_schema(args) -> Schema:
+    if args.db:
+        return Schema.from_sqlite(args.db, args.db_id)
+    if not (args.tables and args.db_id):
+        raise DataError("give --db PATH.sqlite, or --tables tables.json with --db_id ID")
+    schemas = load_tables(args.tables)
+    if args.db_id not in schemas:
+        raise DataError(f"unknown database_id {args.db_id!r}", file=args.tables)
+    return schemas[args.db_id]
+
+
+def execute(db: str, sql: str, max_rows: int, timeout: float = 10.0):
+    con = sqlite3.connect(Path(db).resolve().as_uri() + "?mode=ro", uri=True)
+    import time
+    deadline = time.monotonic() + timeout
+    con.set_progress_handler(lambda: int(time.monotonic() > deadline), 10000)
+    try:
+        cur = con.execute(sql)
+        cols = [d[0] for d in cur.description or []]
+        return cols, cur.fetchmany(max_rows)
+    finally:
+        con.close()
+
+
+def run(args) -> int:
+    import torch
+    from .train import load_run
+    schema = load_schema(args)
+    model, cfg, vocab = load_run(args.run, device=args.device)
+    model.eval()
+    torch.set_grad_enabled(False)
+    stream = open(args.input, encoding="utf-8") if args.input else sys.stdin
+    words: list[list[str]] = []
+    for line in stream:
+        question = line.strip()
+        if not question:
+            words = []            # a blank line ends the conversation
+            continue
+        words.append(tokenize_utterance(question))
+        ex = Example(db_id=schema.db_id, unit_texts=schema.unit_natural, words=list(words),
+                     targets=[[] for _ in words])
+        preds = model.predict([ex], beam=args.beam, constrained=not args.no_constraints)[0]
+        sql, _, problem = ids_to_sql(preds[-1], vocab, schema)
+        print(f"[{len(words)}] {question}")
+        print(sql)
+        if problem:
+            print(f"  (not a well-formed query: {problem})")
+        elif args.execute:
+            if '"value"' in sql:
+                print("  (the query holds value placeholders; a run trained with --values literal "
+                      "writes the values it has seen)")
+            if not args.db:
+                print("  (--execute needs --db PATH.sqlite)")
+            else:
+                try:
+                    cols, rows = execute(args.db, sql, args.max_rows)
+                    print("  " + " | ".join(cols))
+                    for r in rows:
+                        print("  " + " | ".join(str(v) for v in r))
+                except sqlite3.Error as e:
+                    print(f"  (execution failed: {e})")
+        sys.stdout.flush()
+    return 0
+
+
+def add_predict_command(sub):
+    p = sub.add_parser("predict", help="translate questions (one per line) into SQL with a trained run")
+    p.add_argument("--run", required=True, help="a run folder written by train")
+    p.add_argument("--db", help="a SQLite database (its schema is read from the file)")
+    p.add_argument("--tables", help="tables.json, with --db_id, instead of --db")
+    p.add_argument("--db_id", help="which schema of --tables (or a name for --db)")
+    p.add_argument("--input", help="a file of questions (default: standard input)")
+    p.add_argument("--beam", type=int, default=1, help="beam size (1: greedy)")
+    p.add_argument("--no_constraints", action="store_true", help="turn grammar-constrained decoding off")
+    p.add_argument("--execute", action="store_true", help="run each query read-only and print rows")
+    p.add_argument("--max_rows", type=int, default=5, help="rows printed with --execute")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=run)
+
+
+# ------------------------------------------------------------------------------------------
+# evaluate
+# ------------------------------------------------------------------------------------------
+def _split_interactions(cfg, data: str | None, split: str):
+    """The interactions a run validates on (or ``split`` of ``data``), with schemas and targets."""
+    from dataclasses import replace
+    from .train import load_data
+    c = replace(cfg, data=data or cfg.data, tiny_dataset=0 if data else cfg.tiny_dataset)
+    if split == "train":
+        train, _, schemas, targets = load_data(c, log=lambda *a: None)
+        return train, schemas, targets
+    _, valid, schemas, targets = load_data(c, log=lambda *a: None)
+    return valid, schemas, targets
+
+
+def evaluate_run(args) -> dict:
+    import json
+    import torch
+    from .evaluation import evaluate_files, exact_match, write_predictions
+    from .train import evaluate as teacher_forced, load_run, make_examples
+    model, cfg, vocab = load_run(args.run, device=args.device)
+    model.eval()
+    torch.set_grad_enabled(False)
+    items, schemas, targets = _split_interactions(cfg, args.data, args.split)
+    examples = make_examples(items, schemas, targets, vocab)
+    tf = teacher_forced(model, examples, cfg)
+    preds = []
+    for i in range(0, len(examples), args.batch_size):
+        preds += model.predict(examples[i:i + args.batch_size], use_gold_previous=args.use_gold_previous,
+                               beam=args.beam, constrained=not args.no_constraints)
+    out_dir = args.out or args.run
+    gold_path = os.path.join(out_dir, f"gold_{args.split}.txt")
+    pred_path = os.path.join(out_dir, "predictions.txt")
+    sql_by_inter, rows = [], []
+    for inter, ex, p in zip(items, examples, preds):
+        schema = schemas[inter.db_id]
+        sqls = []
+        for t, (turn, ids) in enumerate(zip(inter.turns, p)):
+            sql, toks, problem = ids_to_sql(ids, vocab, schema)
+            sqls.append(sql)
+            try:
+                match = exact_match(turn.query, sql, schema)
+            except Exception:   # the evaluator lists what it cannot parse; here it is simply wrong
+                match = False
+            rows.append({"interaction": inter.index, "turn": t, "db_id": inter.db_id,
+                         "utterance": turn.utterance, "gold": turn.query, "predicted": sql,
+                         "tokens": toks, "gold_tokens": ex.tokens[t], "exact_match": bool(match),
+                         "string_match": toks == ex.tokens[t], "problem": problem})
+        sql_by_inter.append(sqls)
+    with open(gold_path, "w", encoding="utf-8") as f:
+        f.write("\n\n".join("\n".join(f"{' '.join(t.query.split())}\t{inter.db_id}" for t in inter.turns)
+                            for inter in items) + "\n")
+    write_predictions(pred_path, sql_by_inter)
+    with open(os.path.join(out_dir, "predictions.jsonl"), "w", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+    from .data import SHIPPED_DATA, tables_path
+    data = args.data or cfg.data or SHIPPED_DATA
+    db_dir = os.path.join(data if os.path.isdir(data) else os.path.dirname(data), "database")
+    report = evaluate_files(gold_path, pred_path, tables_path(data, cfg.tables),
+                            db_dir if os.path.isdir(db_dir) else None)
+    report["teacher_forced"] = tf
+    report["decoding"] = {"beam": args.beam, "constrained": not args.no_constraints,
+                          "use_gold_previous": args.use_gold_previous, "split": args.split}
+    with open(os.path.join(out_dir, f"eval_{args.split}.json"), "w") as f:
+        json.dump(report, f, indent=1)
+    try:
+        from tensorboardX import SummaryWriter
+        w = SummaryWriter(args.run)
+        tag = f"eval_{args.split}_beam{args.beam}"
+        for k in ("question_match", "interaction_match", "exec_acc"):
+            if report.get(k) is not None:
+                w.add_scalar(f"{tag}/{k}", report[k], 0)
+        w.close()
+    except ImportError:
+        pass
+    return report
+
+
+def format_report(r: dict) -> str:
+    lines = [f"question match     {r['question_match']:.2f}",
+             f"interaction match  {r['interaction_match']:.2f}",
+             f"execution accuracy {'-' if r.get('exec_acc') is None else format(r['exec_acc'], '.2f')}"]
+    if "by_hardness" in r:
+        lines.append("by hardness: " + ", ".join(
+            f"{k} {v.get('exact', 0):.1f} ({v.get('count', 0)})" for k, v in r["by_hardness"].items()))
+    if "by_turn" in r:
+        lines.append("by turn:     " + ", ".join(
+            f"{k}: {v.get('exact', 0):.1f} ({v.get('count', 0)})" for k, v in r["by_turn"].items()))
+    if r.get("teacher_forced"):
+        tf = r["teacher_forced"]
+        lines.append(f"teacher-forced: token {tf['token_acc']:.2f} (pooled {tf['token_acc_pooled']:.2f}), "
+                     f"string {tf['string_acc']:.2f}, keyword {tf['keyword_acc']:.2f}, DB {tf['db_acc']:.2f}")
+    if r.get("unparsable"):
+        lines.append(f"unparsable: {len(r['unparsable'])}")
+        for u in r["unparsable"][:20]:
+            lines.append(f"  interaction {u.get('interaction')} turn {u.get('turn')}: {u.get('reason')}")
+    return "\n".join(lines)
+
+
+def run_evaluate(args) -> int:
+    import json
+    if args.run:
+        report = evaluate_run(args)
+    else:
+        if not (args.gold and args.pred and args.tables):
+            raise DataError("evaluate needs --run RUN_DIR, or --gold FILE --pred FILE --tables tables.json")
+        from .evaluation import evaluate_files
+        report = evaluate_files(args.gold, args.pred, args.tables, args.db_dir)
+    print(json.dumps(report) if args.json else format_report(report))
+    return 0
+
+
+def add_evaluate_command(sub):
+    p = sub.add_parser("evaluate", help="decode a split with a trained run and score it (question/"
+                                        "interaction match, execution), or score any prediction file")
+    p.add_argument("--run", help="a run folder written by train")
+    p.add_argument("--data", help="data directory (default: the run's)")
+    p.add_argument("--split", default="dev", choices=["dev", "train"],
+                   help="dev: what the run validates on; train: its training data")
+    p.add_argument("--beam", type=int, default=1)
+    p.add_argument("--no_constraints", action="store_true")
+    p.add_argument("--use_gold_previous", action="store_true",
+                   help="feed each turn the gold previous query instead of the predicted one")
+    p.add_argument("--batch_size", type=int, default=16)
+    p.add_argument("--out", help="where predictions and the report go (default: the run folder)")
+    p.add_argument("--gold", help="official gold file: SQL<TAB>db_id lines, blank line between interactions")
+    p.add_argument("--pred", help="predictions: one SQL per line, blank line between interactions")
+    p.add_argument("--tables", help="tables.json for --gold/--pred")
+    p.add_argument("--db_dir", help="database/<db>/<db>.sqlite root, for execution accuracy")
+    p.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=run_evaluate)
