@@ -210,3 +210,31 @@ def test_sparc_dev_gold_against_itself(tmp_path):
     assert r["question_match"] == 100.0 and r["interaction_match"] == 100.0
     assert counts["all"] == sum(len(i) for i in gold) == 1203
     assert all(v == 100.0 for v in r["partial"].values())
+
+
+def test_execution_accuracy_on_the_shipped_tiny_databases(tmp_path):
+    """Gold against itself on the project's own databases: every query runs, every one matches;
+    a prediction with the ORDER BY direction flipped matches neither way."""
+    import json
+    import os
+    from conftest import ROOT
+    from text2sql.evaluation import evaluate_files
+    tiny = os.path.join(ROOT, "data", "spider_cosql", "tiny")
+    dev = json.load(open(os.path.join(tiny, "dev.json")))
+    gold = "\n\n".join("\n".join(f"{t['query']}\t{i['database_id']}" for t in i["interaction"]) for i in dev)
+    (tmp_path / "gold.txt").write_text(gold + "\n")
+    (tmp_path / "same.txt").write_text("\n\n".join("\n".join(t["query"] for t in i["interaction"])
+                                                   for i in dev) + "\n")
+    r = evaluate_files(str(tmp_path / "gold.txt"), str(tmp_path / "same.txt"), os.path.join(tiny, "tables.json"),
+                       os.path.join(tiny, "database"))
+    assert r["question_match"] == r["interaction_match"] == r["exec_acc"] == 100.0
+    flipped = [[t["query"].replace(" DESC", " ASC") if " DESC" in t["query"] else t["query"]
+                for t in i["interaction"]] for i in dev]
+    n_flipped = sum(" DESC" in t["query"] for i in dev for t in i["interaction"])
+    assert n_flipped > 0
+    (tmp_path / "flip.txt").write_text("\n\n".join("\n".join(i) for i in flipped) + "\n")
+    r = evaluate_files(str(tmp_path / "gold.txt"), str(tmp_path / "flip.txt"), os.path.join(tiny, "tables.json"),
+                       os.path.join(tiny, "database"))
+    n = r["by_hardness"]["all"]["count"]
+    assert abs(r["question_match"] - 100.0 * (n - n_flipped) / n) < 1e-9
+    assert r["exec_acc"] < 100.0
