@@ -151,3 +151,12 @@ def test_whole_sparc_dev_round_trips():
             pure += check_restore(turn["query"], s, pure=True) is None
     assert n == 1203
     assert pure / n > 0.85   # what the FK graph alone recovers, for the record
+
+
+def test_decoded_from_missing_a_used_table_is_repaired(concert_schema):
+    # a parser wrote a column of singer_in_concert but only singer in FROM
+    toks = ["select", "singer.name", "from", "singer", "where", "singer_in_concert.concert_id", "=", "value"]
+    sql = tokens_to_sql(toks, concert_schema)
+    assert sql == ('SELECT T1.Name FROM singer AS T1 JOIN singer_in_concert AS T2 ON T1.Singer_ID = '
+                   'T2.Singer_ID WHERE T2.concert_ID = "value"')
+    parse_sql(sql, concert_schema)   # and it parses back

@@ -683,9 +683,16 @@ def _build_from(tables: list[int], schema: Schema) -> FromClause:
 def restore_from(q: Query, schema: Schema) -> Query:
     """Give every SELECT block that lacks a FROM clause the one its units imply. In place."""
     for block in list(q.blocks()):
-        if block.from_ is not None:
-            continue
         units = _block_units(block)
+        fc = block.from_
+        if fc is not None:
+            # a decoded FROM that misses a table its own columns use (a parser's mistake, never
+            # gold) is rebuilt around all of them, so the SQL still names only tables it joins
+            have = fc.tables()
+            missing = [t for t in units if t not in have]
+            if missing and all(it.sub is None for it in fc.items):
+                block.from_ = _build_from(list(dict.fromkeys(have + missing)), schema)
+            continue
         if not units:
             raise SQLError("cannot restore FROM: the block names no table")
         block.from_ = _build_from(units, schema)
