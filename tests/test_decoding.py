@@ -129,3 +129,19 @@ def test_evaluate_command_end_to_end(trained, tmp_path):
                        cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert q.returncode == 0, q.stderr[-800:]
     assert json.loads(q.stdout)["question_match"] == report["question_match"]
+
+
+def test_grammar_puts_tables_exactly_after_from_and_join(concert_schema):
+    from text2sql.train import table_units
+    from text2sql.vocab import Vocab
+    v = Vocab.build([], [])
+    g = Grammar(v)
+    g.tables = [table_units(concert_schema)]
+    size = len(v) + len(concert_schema.units)
+    ids = lambda toks: v.encode(toks, concert_schema)[:-1]   # noqa: E731
+    table_ids = [len(v) + j for j in table_units(concert_schema)]
+    after_from = g.allowed(ids(["select", "singer.name", "from"]), size)
+    assert after_from[table_ids].all() and after_from[v.index["("]]
+    assert after_from.sum() == len(table_ids) + 1           # no column, no keyword
+    after_select = g.allowed(ids(["select"]), size)
+    assert not after_select[table_ids].any() and after_select[len(v) + concert_schema.unit_index("singer.name")]

@@ -35,10 +35,25 @@ class Grammar:
         self.close_paren = vocab.index[")"]
         self.never = [vocab.pad, vocab.go, vocab.unk]
         self.open_ids = {vocab.index[t] for t in _OPEN if t in vocab.index}
+        self.table_slots = {vocab.index[t] for t in ("from", "join") if t in vocab.index}
+        # per row being decoded: the unit indices that are tables (None: no FROM rules)
+        self.tables: list[list[int] | None] = []
 
-    def allowed(self, prefix: list[int], size: int) -> torch.Tensor:
-        """Bool mask [size] over the joint space for the next token after ``prefix``."""
+    def allowed(self, prefix: list[int], size: int, row: int = 0) -> torch.Tensor:
+        """Bool mask [size] over the joint space for the next token after ``prefix``.
+
+        With the row's table units known: a table comes exactly after ``from``/``join`` (or a
+        subquery's ``(``), and nothing else does."""
         ok = torch.ones(size, dtype=torch.bool)
+        tables = self.tables[row] if row < len(self.tables) else None
+        if tables is not None and prefix:
+            table_ids = torch.tensor([self.K + j for j in tables], dtype=torch.long)
+            if prefix[-1] in self.table_slots:
+                ok[:] = False
+                ok[table_ids] = True
+                ok[self.open_paren] = True
+            else:
+                ok[table_ids] = False
         ok[self.never] = False
         if not prefix:
             ok[:] = False
@@ -72,7 +87,7 @@ def greedy(decoder, turn_state, mem: DecoderMemory, vocab: Vocab, grammar: Gramm
         emb = decoder.embed(tok, mem.units)[:, 0]
         state, prev_out, logp = decoder.step(state, emb, prev_out, mem)
         if grammar is not None:
-            logp = _apply(logp, torch.stack([grammar.allowed(s, logp.shape[1]) for s in seqs]))
+            logp = _apply(logp, torch.stack([grammar.allowed(s, logp.shape[1], b) for b, s in enumerate(seqs)]))
         nxt = logp.argmax(-1).tolist()
         for b in range(B):
             if not done[b]:
@@ -114,7 +129,7 @@ def beam_search(decoder, turn_state, mem: DecoderMemory, vocab: Vocab, grammar: 
                                         "prev_ids")))
         (h, c), out, logp = decoder.step((state[0][:n], state[1][:n]), emb, prev_out[:n], sub)
         if grammar is not None:
-            logp = _apply(logp, torch.stack([grammar.allowed(s, logp.shape[1]) for s in seqs]))
+            logp = _apply(logp, torch.stack([grammar.allowed(s, logp.shape[1], 0) for s in seqs]))
         total = (scores.unsqueeze(1) + logp).view(-1)                  # [n * V]
         V = logp.shape[1]
         top = total.topk(min(2 * beam, total.numel()))

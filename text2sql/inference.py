@@ -48,7 +48,7 @@ def execute(db: str, sql: str, max_rows: int, timeout: float = 10.0):
 
 def run(args) -> int:
     import torch
-    from .train import load_run
+    from .train import load_run, table_units
     schema = load_schema(args)
     model, cfg, vocab = load_run(args.run, device=args.device)
     model.eval()
@@ -62,7 +62,7 @@ def run(args) -> int:
             continue
         words.append(tokenize_utterance(question))
         ex = Example(db_id=schema.db_id, unit_texts=schema.unit_natural, words=list(words),
-                     targets=[[] for _ in words])
+                     targets=[[] for _ in words], table_units=table_units(schema))
         preds = model.predict([ex], beam=args.beam, constrained=not args.no_constraints)[0]
         sql, _, problem = ids_to_sql(preds[-1], vocab, schema)
         print(f"[{len(words)}] {question}")

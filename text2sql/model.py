@@ -84,6 +84,7 @@ class Example:
     targets: list[list[int]]           # per turn: joint ids, end token included
     tokens: list[list[str]] | None = None   # per turn: target tokens (for decoding to SQL)
     source: tuple = ()                 # (file, interaction index), for messages
+    table_units: list[int] | None = None    # which units are tables (for constrained decoding)
 
     def __len__(self):
         return len(self.words)
@@ -287,6 +288,7 @@ class Text2SQL(nn.Module):
         Returns per interaction, per turn, joint ids without the end token."""
         from .decoding import Grammar, beam_search, greedy
         grammar = Grammar(self.vocab) if constrained else None
+        tables = [ex.table_units for ex in examples]
         ctx = self.contextualise(examples)
         starts, r = [], 0
         for ex in examples:
@@ -303,11 +305,15 @@ class Text2SQL(nn.Module):
                 else:
                     prev.append(examples[i].targets[t - 1][:-1] if use_gold_previous else preds[i][t - 1])
             mem = self.memory(ctx, prev, rows)
+            if grammar is not None:
+                grammar.tables = [tables[i] for i in live]
             if beam <= 1:
                 seqs = greedy(self.decoder, ctx["state"][rows], mem, self.vocab, grammar, max_len)
             else:
                 seqs = []
                 for k in range(len(live)):
+                    if grammar is not None:
+                        grammar.tables = [tables[live[k]]]
                     one = DecoderMemory(*(getattr(mem, f)[k:k + 1] for f in (
                         "utt", "utt_mask", "units", "unit_mask", "prev", "prev_mask", "prev_ids")))
                     seqs.append(beam_search(self.decoder, ctx["state"][rows[k:k + 1]], one, self.vocab,

@@ -689,7 +689,8 @@ def restore_from(q: Query, schema: Schema) -> Query:
             # a decoded FROM that misses a table its own columns use (a parser's mistake, never
             # gold) is rebuilt around all of them, so the SQL still names only tables it joins
             have = fc.tables()
-            missing = [t for t in units if t not in have]
+            on_units = [t.table for toks in fc.on for t in toks if isinstance(t, Tok) and t.kind == "unit"]
+            missing = [t for t in dict.fromkeys(units + on_units) if t not in have]
             if missing and all(it.sub is None for it in fc.items):
                 block.from_ = _build_from(list(dict.fromkeys(have + missing)), schema)
             continue

@@ -98,8 +98,12 @@ def make_examples(items, schemas, targets, vocab: Vocab) -> list[Example]:
         out.append(Example(db_id=inter.db_id, unit_texts=schema.unit_natural,
                            words=[t.words for t in inter.turns],
                            targets=[vocab.encode(t, schema) for t in toks], tokens=toks,
-                           source=(inter.source, inter.index)))
+                           source=(inter.source, inter.index), table_units=table_units(schema)))
     return out
+
+
+def table_units(schema) -> list[int]:
+    return [j for j, u in enumerate(schema.units) if "." not in u]
 
 
 def batches(examples: list[Example], cfg: TrainConfig, epoch: int):
