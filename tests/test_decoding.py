@@ -145,3 +145,21 @@ def test_grammar_puts_tables_exactly_after_from_and_join(concert_schema):
     assert after_from.sum() == len(table_ids) + 1           # no column, no keyword
     after_select = g.allowed(ids(["select"]), size)
     assert not after_select[table_ids].any() and after_select[len(v) + concert_schema.unit_index("singer.name")]
+
+
+def test_evaluate_on_the_shipped_tiny_data_reports_execution_accuracy(tmp_path):
+    import json
+    from conftest import ROOT
+    from text2sql.config import TrainConfig
+    cfg = TrainConfig(bert="tiny", tiny_dataset=4, fix_bert=True, epochs=40, decoder_size=64, turn_size=64,
+                      dropout=0.0, lr=2e-3, run_dir=str(tmp_path / "run"))
+    tr = Trainer(cfg, log=quiet, progress=False).run()
+    p = subprocess.run([sys.executable, "-m", "text2sql", "evaluate", "--run", tr.run_dir, "--split", "train",
+                        "--json"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-800:]
+    r = json.loads(p.stdout)
+    assert r["exec_acc"] is not None and 0.0 <= r["exec_acc"] <= 100.0
+    assert r["by_hardness"]["all"]["count"] == sum(len(e) for e in tr.train_ex)
+    # the shipped databases make execution accuracy real; the model learned some turns exactly
+    rows = [json.loads(l) for l in open(os.path.join(tr.run_dir, "predictions.jsonl"))]
+    assert any(r_["exact_match"] for r_ in rows)
