@@ -20,6 +20,7 @@ def quiet(*a, **k):
 def cfg_for(data, tmp_path, **kw):
     base = dict(data=data, bert="tiny", epochs=1, batch_size=2, decoder_size=64, turn_size=64,
                 dropout=0.0, max_turn=3, run_dir=str(tmp_path / "run"), train_eval_size=0, lr=2e-3,
+                cache_dir=str(tmp_path / "encoder_cache"),
                 lr_bert=5e-4)
     base.update(kw)
     return TrainConfig(**base)

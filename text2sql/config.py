@@ -39,6 +39,8 @@ class TrainConfig:
     unit_mask: bool = _f(False, "utterance-level mask: a relevance head drops DB units unrelated to the turn "
                                 "when decoding")
     fix_bert: bool = _f(False, "freeze the encoder (its outputs are then computed once and cached)")
+    cache_dir: str = _f(".cache/encoder", "on-disk cache of frozen-encoder outputs, shared across runs "
+                                          "('' to keep it in memory only)")
     # optimisation
     epochs: int = _f(30, "epochs")
     batch_size: int = _f(1, "interactions per step")

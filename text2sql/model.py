@@ -123,6 +123,7 @@ class Text2SQL(nn.Module):
         # schema linking: how much of a unit's table and column names the utterance mentions
         self.link = nn.Linear(2, H)
         self._cache: dict = {}
+        self.disk_cache = None      # an EncoderCache, for a frozen encoder (see train.build_model)
 
     # ---- encoding ------------------------------------------------------------------------
     def encode(self, examples: list[Example]):
@@ -143,13 +144,31 @@ class Text2SQL(nn.Module):
     def _encode_cached(self, utterances, schemas, db_ids):
         """A frozen encoder gives the same vectors for the same input: compute each once."""
         keys = [(db, tuple(w)) for db, w in zip(db_ids, utterances)]
-        todo = [i for i, k in enumerate(keys) if k not in self._cache]
+        first = {}
+        for i, k in enumerate(keys):
+            first.setdefault(k, i)              # the pre-turn repeats within a batch: encode it once
+        todo = [i for k, i in first.items() if k not in self._cache]
+        if todo and self.disk_cache is not None:
+            from .encoder_cache import entry_key
+            left = []
+            for i in todo:
+                hit = self.disk_cache.get(entry_key(db_ids[i], utterances[i], schemas[i]),
+                                          len(utterances[i]), len(schemas[i]))
+                if hit is None:
+                    left.append(i)
+                else:
+                    dev = next(self.parameters()).device
+                    self._cache[keys[i]] = (hit[0].to(dev), hit[1].to(dev))
+            todo = left
         if todo:
             out = self.encoder([utterances[i] for i in todo], [schemas[i] for i in todo])
             for j, i in enumerate(todo):
                 nw = int(out.utterance_mask[j].sum())
                 nu = int(out.unit_mask[j].sum())
                 self._cache[keys[i]] = (out.utterance[j, :nw].detach(), out.units[j, :nu].detach())
+                if self.disk_cache is not None:
+                    from .encoder_cache import entry_key
+                    self.disk_cache.put(entry_key(db_ids[i], utterances[i], schemas[i]), *self._cache[keys[i]])
         rows = [self._cache[k] for k in keys]
         W = max(1, max(r[0].shape[0] for r in rows))
         U = max(r[1].shape[0] for r in rows)

@@ -1,0 +1,78 @@
+"""On-disk cache of a frozen encoder's outputs (``--fix_bert``).
+
+A frozen encoder maps the same (utterance, schema) to the same vectors, so they are computed once
+and reused across epochs and runs. Entries live under ``<dir>/<fingerprint>/`` where the
+fingerprint hashes the encoder's weights, its tokenizer vocabulary size and its ``max_len``: changed
+weights land in a new folder, never reading vectors of another model. Each entry stores its own key
+and shapes; one that fails to load, or whose key or shapes disagree, is reported, recomputed and
+rewritten, never used.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import warnings
+
+import torch
+
+
+def encoder_fingerprint(encoder) -> str:
+    h = hashlib.sha256()
+    for name, p in sorted(encoder.bert.state_dict().items()):
+        h.update(name.encode())
+        t = p.detach().to("cpu").contiguous()
+        h.update(str(t.dtype).encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    h.update(f"{encoder.max_len}|{len(encoder.tokenizer)}".encode())
+    return h.hexdigest()[:24]
+
+
+def entry_key(db_id: str, words: list[str], unit_texts: list[str]) -> str:
+    h = hashlib.sha256()
+    h.update(db_id.encode())
+    h.update(b"\x00")
+    h.update("\x1f".join(words).encode())
+    h.update(b"\x00")
+    h.update("\x1f".join(unit_texts).encode())
+    return h.hexdigest()
+
+
+class EncoderCache:
+    def __init__(self, root: str, fingerprint: str):
+        self.dir = os.path.join(root, fingerprint)
+        os.makedirs(self.dir, exist_ok=True)
+        self.hits = self.misses = self.rebuilt = 0
+
+    def _path(self, key: str) -> str:
+        return os.path.join(self.dir, key[:2], f"{key}.pt")
+
+    def get(self, key: str, n_words: int, n_units: int):
+        """(utterance [W, H], units [U, H]) or None when absent or unusable."""
+        path = self._path(key)
+        if not os.path.exists(path):
+            self.misses += 1
+            return None
+        try:
+            e = torch.load(path, map_location="cpu", weights_only=True)
+            ok = (e["key"] == key and e["utt"].shape[0] <= n_words and e["units"].shape[0] == n_units
+                  and torch.isfinite(e["utt"]).all() and torch.isfinite(e["units"]).all())
+        except Exception as err:   # a torn or foreign file: say so and rebuild it
+            ok, e = False, None
+            reason = f"{type(err).__name__}"
+        else:
+            reason = "key or shape mismatch"
+        if not ok:
+            warnings.warn(f"encoder cache entry {path} is unusable ({reason}): recomputing it")
+            self.rebuilt += 1
+            self.misses += 1
+            return None
+        self.hits += 1
+        return e["utt"], e["units"]
+
+    def put(self, key: str, utt: torch.Tensor, units: torch.Tensor):
+        path = self._path(key)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.tmp{os.getpid()}"
+        torch.save({"key": key, "utt": utt.detach().to("cpu").clone(),
+                    "units": units.detach().to("cpu").clone()}, tmp)
+        os.replace(tmp, path)
