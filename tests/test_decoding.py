@@ -152,7 +152,7 @@ def test_evaluate_on_the_shipped_tiny_data_reports_execution_accuracy(tmp_path):
     from conftest import ROOT
     from text2sql.config import TrainConfig
     cfg = TrainConfig(bert="tiny", tiny_dataset=4, fix_bert=True, epochs=40, decoder_size=64, turn_size=64,
-                      dropout=0.0, lr=2e-3, run_dir=str(tmp_path / "run"))
+                      dropout=0.0, lr=2e-3, run_dir=str(tmp_path / "run"), cache_dir=str(tmp_path / "cache"))
     tr = Trainer(cfg, log=quiet, progress=False).run()
     p = subprocess.run([sys.executable, "-m", "text2sql", "evaluate", "--run", tr.run_dir, "--split", "train",
                         "--json"], cwd=ROOT, capture_output=True, text=True, timeout=300)
