@@ -30,13 +30,12 @@ import os
 import re
 import sqlite3
 import sys
-from pathlib import Path
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:   # run as a script from anywhere: the package lives at the repo root
     sys.path.insert(0, ROOT)
 
-from text2sql.schema import Schema  # noqa: E402
+from text2sql.schema import Schema, connect_readonly  # noqa: E402
 from text2sql.sql_tokens import SQLError, parse_sql  # noqa: E402
 
 TINY = os.path.join(ROOT, "data", "spider_cosql", "tiny")
@@ -92,12 +91,6 @@ def build_databases(out_dir: str, source: str = SOURCE) -> dict[str, str]:
                               for table, rowid, parent, _fk in bad])
         paths[db_id] = path
     return paths
-
-
-def read_only(path: str) -> sqlite3.Connection:
-    """Open a database read-only, so executing gold queries can never change the shipped files."""
-    # as_uri() percent-escapes characters ('?', '#', spaces) that would break a hand-made URI
-    return sqlite3.connect(Path(path).resolve().as_uri() + "?mode=ro", uri=True)
 
 
 # ------------------------------------------------------------------------------------------
@@ -246,7 +239,7 @@ def check_queries(interactions: list[dict], db_paths: dict[str, str],
     errors, empty = [], []
     for i, inter in enumerate(interactions):
         db = inter["database_id"]
-        con = read_only(db_paths[db])
+        con = connect_readonly(db_paths[db])
         try:
             for t, turn in enumerate(inter["interaction"]):
                 where = f"interaction {i} ({db}) turn {t}"

@@ -17,12 +17,13 @@ disabled):
 from __future__ import annotations
 
 import re
+from contextlib import contextmanager
 import sqlite3
 import time
 from collections import Counter
 from pathlib import Path
 
-from .schema import Schema, load_tables
+from .schema import Schema, connect_readonly, load_tables
 from .sql_tokens import AGGREGATES, Query, Select, Tok, parse_sql
 
 COMPARISONS = {"=", "!=", "<>", "<", ">", "<=", ">="}
@@ -583,13 +584,20 @@ def write_predictions(path, interactions) -> None:
 _ORDER_BY = re.compile(r"\border\s+by\b", re.I)
 
 
-def _run(con: sqlite3.Connection, sql: str, timeout: float) -> list:
+@contextmanager
+def time_limit(con: sqlite3.Connection, timeout: float):
+    """Abort whatever ``con`` runs inside the block once ``timeout`` seconds have passed."""
     deadline = time.monotonic() + timeout
     con.set_progress_handler(lambda: 1 if time.monotonic() > deadline else 0, 1000)
     try:
-        return con.execute(sql).fetchall()
+        yield con
     finally:
         con.set_progress_handler(None, 0)
+
+
+def _run(con: sqlite3.Connection, sql: str, timeout: float) -> list:
+    with time_limit(con, timeout):
+        return con.execute(sql).fetchall()
 
 
 def execution_match(gold_sql: str, pred_sql: str, db_path, timeout: float = 5.0) -> bool | None:
@@ -602,7 +610,7 @@ def execution_match(gold_sql: str, pred_sql: str, db_path, timeout: float = 5.0)
     p = Path(db_path)
     if not p.is_file():
         return None
-    con = sqlite3.connect(p.resolve().as_uri() + "?mode=ro", uri=True)
+    con = connect_readonly(p)
     con.text_factory = lambda b: b.decode("utf-8", errors="replace")
     try:
         try:

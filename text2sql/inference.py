@@ -13,13 +13,12 @@ from __future__ import annotations
 import os
 import sqlite3
 import sys
-from pathlib import Path
 
 from .data import tokenize_utterance
 from .decoding import ids_to_sql
 from .errors import DataError
 from .model import Example
-from .schema import Schema, load_tables
+from .schema import Schema, connect_readonly, load_tables
 
 
 def load_schema(args) -> Schema:
@@ -34,14 +33,13 @@ def load_schema(args) -> Schema:
 
 
 def execute(db: str, sql: str, max_rows: int, timeout: float = 10.0):
-    con = sqlite3.connect(Path(db).resolve().as_uri() + "?mode=ro", uri=True)
-    import time
-    deadline = time.monotonic() + timeout
-    con.set_progress_handler(lambda: int(time.monotonic() > deadline), 10000)
+    """(column names, first ``max_rows`` rows) of ``sql`` run read-only under a time limit."""
+    from .evaluation import time_limit
+    con = connect_readonly(db)
     try:
-        cur = con.execute(sql)
-        cols = [d[0] for d in cur.description or []]
-        return cols, cur.fetchmany(max_rows)
+        with time_limit(con, timeout):
+            cur = con.execute(sql)
+            return [d[0] for d in cur.description or []], cur.fetchmany(max_rows)
     finally:
         con.close()
 

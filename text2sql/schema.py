@@ -178,8 +178,7 @@ class Schema:
             raise DataError("no such SQLite file", file=path)
         db_id = db_id or os.path.splitext(os.path.basename(path))[0]
         try:
-            # as a URI so that it opens read-only; as_uri() escapes "#" and "?" in the path
-            con = sqlite3.connect(Path(path).resolve().as_uri() + "?mode=ro", uri=True)
+            con = connect_readonly(path)
             try:
                 names = [r[0] for r in con.execute(
                     "SELECT name FROM sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite_%' "
@@ -217,6 +216,15 @@ class Schema:
                 fks.append((a, b))
         schema.foreign_keys = fks
         return schema
+
+
+def connect_readonly(path) -> sqlite3.Connection:
+    """Open a SQLite file read-only, so that nothing run on it can change it.
+
+    As a URI, because only a URI carries ``mode=ro``; ``as_uri()`` escapes the characters
+    ('?', '#', spaces) that would cut a hand-made one short and open some other file.
+    """
+    return sqlite3.connect(Path(path).resolve().as_uri() + "?mode=ro", uri=True)
 
 
 def natural_name(identifier: str) -> str:
