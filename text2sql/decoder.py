@@ -11,7 +11,7 @@ Target ids live in the joint space: ``id < K`` is keyword ``id``, ``K + j`` is u
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 from torch import nn
@@ -31,6 +31,17 @@ class DecoderMemory:
     prev: torch.Tensor           # [B, P, Dp] previous turn's SQL, encoded
     prev_mask: torch.Tensor      # [B, P] bool (all False on a first turn)
     prev_ids: torch.Tensor | None = None   # [B, P] joint ids of the previous SQL (for copying)
+
+    def select(self, rows) -> "DecoderMemory":
+        """The memory of some of the B turns (a slice or index tensor), every field alike."""
+        return DecoderMemory(**{f.name: None if getattr(self, f.name) is None else getattr(self, f.name)[rows]
+                                for f in fields(self)})
+
+    def expand(self, n: int) -> "DecoderMemory":
+        """One turn's memory (B = 1) seen by ``n`` beam hypotheses."""
+        return DecoderMemory(**{f.name: None if getattr(self, f.name) is None
+                                else getattr(self, f.name).expand(n, *getattr(self, f.name).shape[1:])
+                                for f in fields(self)})
 
 
 class PreviousQueryEncoder(nn.Module):

@@ -109,11 +109,7 @@ def beam_search(decoder, turn_state, mem: DecoderMemory, vocab: Vocab, grammar: 
     Hypotheses are ranked by their summed log-probability; a finished one leaves the beam, and the
     search stops once no live hypothesis can beat the best finished one.
     """
-    def expand(x):
-        return x.expand(beam, *x.shape[1:]) if x is not None else None
-    m = DecoderMemory(utt=expand(mem.utt), utt_mask=expand(mem.utt_mask), units=expand(mem.units),
-                      unit_mask=expand(mem.unit_mask), prev=expand(mem.prev), prev_mask=expand(mem.prev_mask),
-                      prev_ids=expand(mem.prev_ids))
+    m = mem.expand(beam)
     h, c = decoder.init_state(turn_state)
     state = (h.expand(beam, -1).contiguous(), c.expand(beam, -1).contiguous())
     prev_out = turn_state.new_zeros(beam, decoder.hidden)
@@ -124,10 +120,7 @@ def beam_search(decoder, turn_state, mem: DecoderMemory, vocab: Vocab, grammar: 
     for _ in range(max_len):
         n = len(seqs)
         emb = decoder.embed(tok[:n].unsqueeze(1), m.units[:n])[:, 0]
-        sub = DecoderMemory(*(getattr(m, f)[:n] if getattr(m, f) is not None else None
-                              for f in ("utt", "utt_mask", "units", "unit_mask", "prev", "prev_mask",
-                                        "prev_ids")))
-        (h, c), out, logp = decoder.step((state[0][:n], state[1][:n]), emb, prev_out[:n], sub)
+        (h, c), out, logp = decoder.step((state[0][:n], state[1][:n]), emb, prev_out[:n], m.select(slice(0, n)))
         if grammar is not None:
             logp = _apply(logp, torch.stack([grammar.allowed(s, logp.shape[1], 0) for s in seqs]))
         total = (scores.unsqueeze(1) + logp).view(-1)                  # [n * V]

@@ -236,25 +236,26 @@ class Text2SQL(nn.Module):
         empty = ~keep.any(-1, keepdim=True)
         return torch.where(empty, mask, keep)
 
-    def previous(self, ctx, prev_ids: list[list[int]]):
-        """Encode each turn's previous SQL (joint ids, no end token) against its own units."""
+    def previous(self, units: torch.Tensor, prev_ids: list[list[int]]):
+        """Encode each turn's previous SQL (joint ids, no end token) against its own units [Nt, U, H]."""
         Nt = len(prev_ids)
         P = max(1, max((len(p) for p in prev_ids), default=0))
-        dev = ctx["units"].device
+        dev = units.device
         ids = torch.zeros(Nt, P, dtype=torch.long, device=dev)
         mask = torch.zeros(Nt, P, dtype=torch.bool, device=dev)
         for i, p in enumerate(prev_ids):
             if p:
                 ids[i, :len(p)] = torch.tensor(p, device=dev)
                 mask[i, :len(p)] = True
-        emb = self.decoder.embed(ids, ctx["units"]) * mask.unsqueeze(-1)
+        emb = self.decoder.embed(ids, units) * mask.unsqueeze(-1)
         return self.prev_encoder(emb, mask), mask, ids
 
     def memory(self, ctx, prev_ids, rows=None) -> DecoderMemory:
-        sel = (lambda x: x) if rows is None else (lambda x: x[rows])
-        prev, prev_mask, ids = self.previous({"units": sel(ctx["units"])}, prev_ids)
-        return DecoderMemory(utt=sel(ctx["utt"]), utt_mask=sel(ctx["utt_mask"]), units=sel(ctx["units"]),
-                             unit_mask=sel(self.decoding_mask(ctx)), prev=prev, prev_mask=prev_mask,
+        """What the decoder reads, for all turns of ``ctx`` or only ``rows`` of them."""
+        part = ctx if rows is None else {k: v[rows] for k, v in ctx.items()}
+        prev, prev_mask, ids = self.previous(part["units"], prev_ids)
+        return DecoderMemory(utt=part["utt"], utt_mask=part["utt_mask"], units=part["units"],
+                             unit_mask=self.decoding_mask(part), prev=prev, prev_mask=prev_mask,
                              prev_ids=ids)
 
     def gold_previous(self, examples: list[Example]) -> list[list[int]]:
@@ -333,10 +334,8 @@ class Text2SQL(nn.Module):
                 for k in range(len(live)):
                     if grammar is not None:
                         grammar.tables = [tables[live[k]]]
-                    one = DecoderMemory(*(getattr(mem, f)[k:k + 1] for f in (
-                        "utt", "utt_mask", "units", "unit_mask", "prev", "prev_mask", "prev_ids")))
-                    seqs.append(beam_search(self.decoder, ctx["state"][rows[k:k + 1]], one, self.vocab,
-                                            grammar, beam, max_len))
+                    seqs.append(beam_search(self.decoder, ctx["state"][rows[k:k + 1]],
+                                            mem.select(slice(k, k + 1)), self.vocab, grammar, beam, max_len))
             for k, i in enumerate(live):
                 preds[i][t] = seqs[k]
         return preds
