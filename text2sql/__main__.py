@@ -81,6 +81,12 @@ def main(argv=None) -> int:
     except DataError as e:
         print(f"error: {e.line()}", file=sys.stderr)
         return 2
+    except RuntimeError as e:
+        from .encoder import EncoderLoadError   # torch is loaded by now, whatever ran
+        if not isinstance(e, EncoderLoadError):
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

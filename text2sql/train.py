@@ -413,9 +413,4 @@ def main(cfg: TrainConfig) -> int:
     except NonFiniteError as e:
         print(f"error: {e}", file=sys.stderr)
         return 3
-    except RuntimeError as e:
-        if "encoder" in str(e) or "checkpoint" in str(e) or "pip install" in str(e):
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        raise
     return 0
