@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from dataclasses import MISSING, asdict, dataclass, field, fields
 
 
@@ -66,6 +67,16 @@ class TrainConfig:
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1, sort_keys=True)
+
+    @classmethod
+    def load(cls, run_dir: str) -> "TrainConfig":
+        """The config a run folder was trained with."""
+        with open(os.path.join(run_dir, "config.json"), encoding="utf-8") as f:
+            return cls.from_dict(json.load(f))
+
+    def save(self, run_dir: str):
+        with open(os.path.join(run_dir, "config.json"), "w", encoding="utf-8") as f:
+            f.write(self.to_json())
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":

@@ -65,7 +65,8 @@ class PreviousQueryEncoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    def __init__(self, dim: int, hidden: int, n_keywords: int, state_size: int, prev_size: int):
+    def __init__(self, dim: int, hidden: int, n_keywords: int, state_size: int, prev_size: int,
+                 dropout: float = 0.0):
         super().__init__()
         self.hidden = hidden
         self.n_keywords = n_keywords
@@ -84,7 +85,7 @@ class Decoder(nn.Module):
         # copying from the previous query: a token of the previous SQL gets o · W_c · p added to
         # its logit, so "the same table as before" is one step away (EditSQL's query copying)
         self.copy_proj = nn.Linear(hidden, prev_size, bias=False)
-        self.dropout = nn.Dropout(0.0)
+        self.dropout = nn.Dropout(dropout)
 
     # ---- embeddings of tokens in the joint space ----------------------------------------
     def embed(self, ids: torch.Tensor, units: torch.Tensor) -> torch.Tensor:
@@ -125,7 +126,7 @@ class Decoder(nn.Module):
         logits = logits.masked_fill(~unit_ok, NEG)
         return torch.log_softmax(logits, -1)                                 # [B, K + U]
 
-    def forward(self, turn_state, targets, target_mask, mem: DecoderMemory, go: int):
+    def forward(self, turn_state, targets, mem: DecoderMemory, go: int):
         """Teacher forcing. targets [B, L] joint ids; returns log-probs [B, L, K + U]."""
         B, L = targets.shape
         state = self.init_state(turn_state)

@@ -21,6 +21,7 @@ from torch import nn
 from .attention import UtteranceDBAttention
 from .decoder import Decoder, DecoderMemory, PreviousQueryEncoder
 from .encoder import SchemaEncoder
+from .encoder_cache import entry_key
 from .turn_rnn import TurnRNN, TurnSummary
 from .vocab import Vocab
 
@@ -57,22 +58,22 @@ _LINK_CACHE: dict = {}
 
 
 def _link(words: list[str], unit_texts: list[str], U: int) -> torch.Tensor:
-    key = (tuple(words), id(unit_texts), U)
-    hit = _LINK_CACHE.get(key)
-    if hit is not None and hit[0] is unit_texts:
-        return hit[1]
-    said = {_stem(w) for w in words}
-    out = torch.zeros(U, 2)
-    for j, text in enumerate(unit_texts):
-        table, _, column = text.partition(" . ")
-        for k, part in enumerate((table.replace(" *", ""), column)):
-            toks = [_stem(t) for t in part.split()]
-            if toks:
-                out[j, k] = sum(t in said for t in toks) / len(toks)
-    if len(_LINK_CACHE) > 100000:
-        _LINK_CACHE.clear()
-    _LINK_CACHE[key] = (unit_texts, out)
-    return out
+    """[U, 2] link features of one turn (rows past ``len(unit_texts)`` are padding)."""
+    key = (tuple(words), tuple(unit_texts))
+    feats = _LINK_CACHE.get(key)
+    if feats is None:
+        said = {_stem(w) for w in words}
+        feats = torch.zeros(len(unit_texts), 2)
+        for j, text in enumerate(unit_texts):
+            table, _, column = text.partition(" . ")
+            for k, part in enumerate((table.replace(" *", ""), column)):
+                toks = [_stem(t) for t in part.split()]
+                if toks:
+                    feats[j, k] = sum(t in said for t in toks) / len(toks)
+        if len(_LINK_CACHE) > 100000:
+            _LINK_CACHE.clear()
+        _LINK_CACHE[key] = feats
+    return torch.nn.functional.pad(feats, (0, 0, 0, U - feats.shape[0]))
 
 
 @dataclass
@@ -115,8 +116,7 @@ class Text2SQL(nn.Module):
         self.history = nn.Linear(turn_size, H)          # the history, added to utterance tokens
         self.prev_encoder = PreviousQueryEncoder(H, decoder_size)
         self.decoder = Decoder(H, decoder_size, len(vocab), state_size=2 * turn_size,
-                               prev_size=self.prev_encoder.out_size)
-        self.decoder.dropout.p = dropout
+                               prev_size=self.prev_encoder.out_size, dropout=dropout)
         self.drop = nn.Dropout(dropout)
         # utterance-level mask: which DB units this turn can be about (trained on the gold's units)
         self.relevance = nn.Linear(H, 1) if unit_mask else None
@@ -148,12 +148,12 @@ class Text2SQL(nn.Module):
         for i, k in enumerate(keys):
             first.setdefault(k, i)              # the pre-turn repeats within a batch: encode it once
         todo = [i for k, i in first.items() if k not in self._cache]
+        disk_keys = {}
         if todo and self.disk_cache is not None:
-            from .encoder_cache import entry_key
+            disk_keys = {i: entry_key(db_ids[i], utterances[i], schemas[i]) for i in todo}
             left = []
             for i in todo:
-                hit = self.disk_cache.get(entry_key(db_ids[i], utterances[i], schemas[i]),
-                                          len(utterances[i]), len(schemas[i]))
+                hit = self.disk_cache.get(disk_keys[i], len(utterances[i]), len(schemas[i]))
                 if hit is None:
                     left.append(i)
                 else:
@@ -167,8 +167,7 @@ class Text2SQL(nn.Module):
                 nu = int(out.unit_mask[j].sum())
                 self._cache[keys[i]] = (out.utterance[j, :nw].detach(), out.units[j, :nu].detach())
                 if self.disk_cache is not None:
-                    from .encoder_cache import entry_key
-                    self.disk_cache.put(entry_key(db_ids[i], utterances[i], schemas[i]), *self._cache[keys[i]])
+                    self.disk_cache.put(disk_keys[i], *self._cache[keys[i]])
         rows = [self._cache[k] for k in keys]
         W = max(1, max(r[0].shape[0] for r in rows))
         U = max(r[1].shape[0] for r in rows)
@@ -279,7 +278,7 @@ class Text2SQL(nn.Module):
             if t:
                 targets[i, :len(t)] = torch.tensor(t, device=dev)
                 mask[i, :len(t)] = True
-        logp = self.decoder(ctx["state"], targets, mask, mem, go=self.vocab.go)
+        logp = self.decoder(ctx["state"], targets, mem, go=self.vocab.go)
         turn_index = torch.tensor([t for ex in examples for t in range(len(ex))], device=dev)
         rel = None
         if self.relevance is not None and self.training:

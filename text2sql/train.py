@@ -199,7 +199,7 @@ def set_rng_state(s):
 
 def load_run(run_dir: str, device: str = "cpu", which: str = "best.pt"):
     """A trained model and its config from a run folder (for evaluation and prediction)."""
-    cfg = TrainConfig.from_dict(json.load(open(os.path.join(run_dir, "config.json"))))
+    cfg = TrainConfig.load(run_dir)
     cfg.device = device
     vocab = Vocab.load(os.path.join(run_dir, "vocab.json"))
     model = build_model(cfg, vocab)
@@ -249,7 +249,7 @@ class Trainer:
         self.progress = progress
         resume_dir = cfg.resume
         if resume_dir:
-            saved = TrainConfig.from_dict(json.load(open(os.path.join(resume_dir, "config.json"))))
+            saved = TrainConfig.load(resume_dir)
             # what to train is fixed by the saved run; how long and where to run may change
             saved.epochs, saved.device, saved.resume = cfg.epochs, cfg.device, resume_dir
             cfg = saved
@@ -266,8 +266,7 @@ class Trainer:
             self.vocab = Vocab.build([t for i in train for t in targets[id(i)]],
                                      [self.schemas[i.db_id] for i in train])
             self.vocab.save(os.path.join(self.run_dir, "vocab.json"))
-            with open(os.path.join(self.run_dir, "config.json"), "w") as f:
-                f.write(cfg.to_json())
+            cfg.save(self.run_dir)
         self.train_ex = make_examples(train, self.schemas, targets, self.vocab)
         self.valid_ex = make_examples(valid, self.schemas, targets, self.vocab)
         n = cfg.train_eval_size or len(self.train_ex)
