@@ -36,8 +36,19 @@ class Grammar:
         self.never = [vocab.pad, vocab.go, vocab.unk]
         self.open_ids = {vocab.index[t] for t in _OPEN if t in vocab.index}
         self.table_slots = {vocab.index[t] for t in ("from", "join") if t in vocab.index}
-        # per row being decoded: the unit indices that are tables (None: no FROM rules)
-        self.tables: list[list[int] | None] = []
+        self.tables = []
+
+    @property
+    def tables(self) -> list[list[int] | None]:
+        """Per row being decoded: the unit indices that are tables (None: no FROM rules)."""
+        return self._tables
+
+    @tables.setter
+    def tables(self, rows: list[list[int] | None]):
+        self._tables = rows
+        # as joint ids, once per batch rather than at every step of every row
+        self._table_ids = [None if t is None else torch.tensor([self.K + j for j in t], dtype=torch.long)
+                           for t in rows]
 
     def allowed(self, prefix: list[int], size: int, row: int = 0) -> torch.Tensor:
         """Bool mask [size] over the joint space for the next token after ``prefix``.
@@ -45,9 +56,8 @@ class Grammar:
         With the row's table units known: a table comes exactly after ``from``/``join`` (or a
         subquery's ``(``), and nothing else does."""
         ok = torch.ones(size, dtype=torch.bool)
-        tables = self.tables[row] if row < len(self.tables) else None
-        if tables is not None and prefix:
-            table_ids = torch.tensor([self.K + j for j in tables], dtype=torch.long)
+        table_ids = self._table_ids[row] if row < len(self._table_ids) else None
+        if table_ids is not None and prefix:
             if prefix[-1] in self.table_slots:
                 ok[:] = False
                 ok[table_ids] = True
