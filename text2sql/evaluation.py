@@ -569,13 +569,23 @@ def read_predictions(path) -> list[list[str]]:
     return [[line.strip() for line in block] for block in _blocks_of_lines(path)]
 
 
-def write_predictions(path, interactions) -> None:
-    """The inverse of :func:`read_predictions` (newlines inside a query become spaces)."""
+def _write_blocks(path, interactions) -> None:
+    """One line per turn, a blank line after each interaction."""
     with open(path, "w", encoding="utf-8") as f:
         for inter in interactions:
-            for sql in inter:
-                f.write(" ".join(str(sql).split()) + "\n")
+            for line in inter:
+                f.write(line + "\n")
             f.write("\n")
+
+
+def write_predictions(path, interactions) -> None:
+    """The inverse of :func:`read_predictions` (newlines inside a query become spaces)."""
+    _write_blocks(path, [[" ".join(str(sql).split()) for sql in inter] for inter in interactions])
+
+
+def write_gold(path, interactions) -> None:
+    """The inverse of :func:`read_gold`: ``[[(sql, db_id), ...], ...]`` -> ``SQL<TAB>db_id`` lines."""
+    _write_blocks(path, [[f"{' '.join(sql.split())}\t{db}" for sql, db in inter] for inter in interactions])
 
 
 # ------------------------------------------------------------------------------------------

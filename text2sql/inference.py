@@ -118,7 +118,7 @@ def _split_interactions(cfg, data: str | None, split: str):
 def evaluate_run(args) -> dict:
     import json
     import torch
-    from .evaluation import evaluate_files, exact_match, write_predictions
+    from .evaluation import evaluate_files, exact_match, write_gold, write_predictions
     from .train import evaluate as teacher_forced, load_run, make_examples
     model, cfg, vocab = load_run(args.run, device=args.device)
     model.eval()
@@ -149,9 +149,7 @@ def evaluate_run(args) -> dict:
                          "tokens": toks, "gold_tokens": ex.tokens[t], "exact_match": bool(match),
                          "string_match": toks == ex.tokens[t], "problem": problem})
         sql_by_inter.append(sqls)
-    with open(gold_path, "w", encoding="utf-8") as f:
-        f.write("\n\n".join("\n".join(f"{' '.join(t.query.split())}\t{inter.db_id}" for t in inter.turns)
-                            for inter in items) + "\n")
+    write_gold(gold_path, [[(t.query, inter.db_id) for t in inter.turns] for inter in items])
     write_predictions(pred_path, sql_by_inter)
     with open(os.path.join(out_dir, "predictions.jsonl"), "w", encoding="utf-8") as f:
         for r in rows:
