@@ -163,7 +163,7 @@ def make_optimizer(model: Text2SQL, cfg: TrainConfig):
     return opt, sched
 
 
-def grad_norms(model: Text2SQL) -> dict[str, float]:
+def grad_norms(model: Text2SQL) -> tuple[dict[str, float], set[str]]:
     sq = {m: 0.0 for m in MODULES}
     bad = set()
     for n, p in model.named_parameters():
