@@ -358,6 +358,7 @@ class Trainer:
         from tqdm import tqdm
         cfg = self.cfg
         self.model.train()
+        self.write_status("running")
         while self.epoch < cfg.epochs:
             start = time.time()
             meter = Meter(len(self.vocab))
@@ -397,19 +398,40 @@ class Trainer:
             line += f" | {self.elapsed:.0f}s"
             atomic_save(self.checkpoint(), os.path.join(self.run_dir, "last.pt"))
             self.writer.flush()
+            self.write_status("running")
             self.log(line)
         self.writer.close()
-        with open(os.path.join(self.run_dir, "status.json"), "w") as f:
-            json.dump({"status": "finished", "epochs": self.epoch, "best_valid_token_acc": self.best,
-                       "skipped_steps": self.skipped}, f)
+        self.write_status("finished")
         return self
+
+    def write_status(self, status: str, error: str | None = None):
+        """``status.json``: running (rewritten every epoch), finished, failed or diverged.
+
+        ``runs`` reads it; pid and host let it tell a live run from one that was killed."""
+        row = {"status": status, "epoch": self.epoch, "epochs": self.cfg.epochs, "step": self.step,
+               "best_valid_token_acc": self.best, "skipped_steps": self.skipped,
+               "pid": os.getpid(), "host": socket.gethostname(), "updated": time.time()}
+        if error:
+            row["error"] = error
+        path = os.path.join(self.run_dir, "status.json")
+        tmp = f"{path}.tmp{os.getpid()}"
+        with open(tmp, "w") as f:
+            json.dump(row, f)
+        os.replace(tmp, path)
 
 
 def main(cfg: TrainConfig) -> int:
+    trainer = Trainer(cfg)
     try:
-        trainer = Trainer(cfg)
         trainer.run()
     except NonFiniteError as e:
+        trainer.write_status("diverged", str(e))
         print(f"error: {e}", file=sys.stderr)
         return 3
+    except KeyboardInterrupt:
+        trainer.write_status("failed", "interrupted")
+        raise
+    except Exception as e:
+        trainer.write_status("failed", f"{type(e).__name__}: {' '.join(str(e).split())[:500]}")
+        raise
     return 0
