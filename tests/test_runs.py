@@ -1,0 +1,325 @@
+"""``runs`` and ``compare`` on run folders written by real short trainings, and EditSQL's log format."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from conftest import shared_path
+from text2sql.__main__ import main
+from text2sql.config import TrainConfig
+from text2sql.errors import DataError
+from text2sql.runs import find_runs, lifecycle, load_run, parse_editsql_log
+
+# EditSQL's log.txt layout (its run.py), written by hand: a header, then one block per epoch from
+# "Epoch:\t0", train and valid gold-passing figures in percent, bookkeeping lines, an inf loss.
+EDITSQL_LOG = """Original number of training utterances:\t120
+Actual number of used training examples:\t40
+(Shortened by output limit of 200)
+Number of steps per epoch:\t40
+Batch size:\t1
+Epoch:\t0
+train epoch loss:\t0.5
+train final gold-passing LOSS:\t80.00
+train final gold-passing TOKEN_ACCURACY:\t40.50
+train final gold-passing STRING_ACCURACY:\t2.25
+valid gold-passing LOSS:\t90.10
+valid gold-passing TOKEN_ACCURACY:\t35.00
+valid gold-passing STRING_ACCURACY:\t1.50
+maximum string accuracy:\t1.5
+patience:\t10.1
+save file:\tlogs_x/save_0
+countdown:\t9
+
+Epoch:\t1
+train epoch loss:\t0.25
+train final gold-passing LOSS:\t60.00
+train final gold-passing TOKEN_ACCURACY:\t55.75
+train final gold-passing STRING_ACCURACY:\t6.00
+valid gold-passing LOSS:\tinf
+valid gold-passing TOKEN_ACCURACY:\t48.25
+valid gold-passing STRING_ACCURACY:\t3.00
+maximum string accuracy:\t3.0
+patience:\t10.201
+save file:\tlogs_x/save_1
+countdown:\t9
+
+Epoch:\t2
+train epoch loss:\t0.125
+train final gold-passing LOSS:\t50.00
+train final gold-passing TOKEN_ACCURACY:\t61.00
+train final gold-passing STRING_ACCURACY:\t9.50
+valid gold-passing LOSS:\t70.00
+valid gold-passing TOKEN_ACCURACY:\t47.00
+valid gold-passing STRING_ACCURACY:\t3.00
+learning rate coefficient:\t0.8
+countdown:\t8
+
+Finished training!
+"""
+
+
+def quiet(*a, **k):
+    pass
+
+
+def base_cfg(run_dir, **kw):
+    cfg = dict(bert="tiny", tiny_dataset=4, epochs=2, batch_size=4, decoder_size=32, turn_size=32,
+               train_eval_size=0, cache_dir="", lr=2e-3, run_dir=str(run_dir))
+    cfg.update(kw)
+    return TrainConfig(**cfg)
+
+
+def metrics_rows(run_dir):
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def expected_best(rows, key):
+    """The best valid figure and its epoch, the earliest epoch on ties, from metrics.jsonl itself."""
+    valid = [r for r in rows if r["split"] == "valid"]
+    top = max(valid, key=lambda r: (r[key], -r["epoch"]))
+    return top[key], top["epoch"]
+
+
+def dead_pid():
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+@pytest.fixture(scope="module")
+def logdir(tmp_path_factory):
+    """Real short trainings on the shipped tiny data (tiny random BERT), plus broken folders."""
+    from text2sql import train
+    root = tmp_path_factory.mktemp("logs")
+    for mt in (1, 3):
+        train.Trainer(base_cfg(root / f"mt{mt}", max_turn=mt, note=f"max_turn {mt}"),
+                      log=quiet, progress=False).run()
+
+    # failed: an exception in the middle of training, through the CLI's own entry point
+    def boom(self, batch, meter):
+        raise RuntimeError("CUDA out of memory (simulated)")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(train.Trainer, "train_step", boom)
+        with pytest.raises(RuntimeError):
+            train.main(base_cfg(root / "failed", max_turn=3, note="will fail"))
+
+    # diverged: a real NaN weight, caught by the non-finite guard on the first step
+    real_step = train.Trainer.train_step
+
+    def poisoned(self, batch, meter):
+        import torch
+        with torch.no_grad():
+            self.model.decoder.fuse.weight[0, 0] = float("nan")
+        return real_step(self, batch, meter)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(train.Trainer, "train_step", poisoned)
+        assert train.main(base_cfg(root / "diverged", max_turn=3)) == 3
+
+    # killed hard: status.json still says running, but its process is gone
+    shutil.copytree(root / "mt3", root / "killed")
+    st = json.loads((root / "killed" / "status.json").read_text())
+    st.update(status="running", pid=dead_pid())
+    (root / "killed" / "status.json").write_text(json.dumps(st))
+
+    # corrupt: garbage config.json, a metrics.jsonl whose last line was cut off, garbage status.json
+    shutil.copytree(root / "mt1", root / "corrupt")
+    (root / "corrupt" / "config.json").write_text("{'not': json")
+    text = (root / "corrupt" / "metrics.jsonl").read_text()
+    (root / "corrupt" / "metrics.jsonl").write_text(text[:-25])
+    (root / "corrupt" / "status.json").write_text("\x00\x00")
+
+    # half-written: the run had only written its config when it died
+    (root / "starting").mkdir()
+    shutil.copy(root / "mt1" / "config.json", root / "starting" / "config.json")
+    (root / "not_a_run").mkdir()                  # an unrelated folder is not listed
+    return root
+
+
+def listing(logdir, capsys):
+    assert main(["runs", "--logdir", str(logdir), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    return out, {r["name"]: r for r in out["runs"]}
+
+
+def test_runs_lists_every_folder_with_the_differing_key(logdir, capsys):
+    out, rows = listing(logdir, capsys)
+    assert set(rows) == {"mt1", "mt3", "failed", "diverged", "killed", "corrupt", "starting"}
+    assert out["config_keys_that_differ"] == ["max_turn"]      # note, run_dir: not config
+    assert rows["mt1"]["config"] == {"max_turn": 1} and rows["mt3"]["config"] == {"max_turn": 3}
+    assert rows["mt1"]["note"] == "max_turn 1" and rows["mt1"]["epochs_done"] == 2
+    assert rows["mt1"]["epochs"] == 2 and rows["mt1"]["split"] == "valid"
+
+
+def test_best_figures_and_epochs_come_from_metrics_jsonl(logdir, capsys):
+    _, rows = listing(logdir, capsys)
+    for name in ("mt1", "mt3"):
+        m = metrics_rows(logdir / name)
+        for key in ("token_acc", "string_acc", "keyword_acc", "db_acc"):
+            value, epoch = expected_best(m, key)
+            assert rows[name]["best"][key] == {"value": value, "epoch": epoch}, (name, key)
+        final = [r for r in m if r["split"] == "valid"][-1]
+        assert rows[name]["last"]["token_acc"] == {"value": final["token_acc"], "epoch": final["epoch"]}
+
+
+def test_statuses(logdir, capsys):
+    _, rows = listing(logdir, capsys)
+    assert rows["mt1"]["status"] == "finished"
+    assert rows["failed"]["status"] == "failed: RuntimeError: CUDA out of memory (simulated)"
+    assert rows["diverged"]["status"].startswith("diverged: non-finite loss")
+    assert "decoder" in rows["diverged"]["status"]
+    assert rows["killed"]["status"].startswith("stopped (no process")
+    assert rows["starting"]["status"] == "incomplete (no metrics yet)"
+    assert rows["starting"]["problems"] == []
+
+
+def test_a_live_run_on_this_host_is_running(logdir):
+    run = load_run(str(logdir / "mt1"))
+    run.status = dict(run.status, status="running", pid=os.getpid())
+    assert lifecycle(run) == "running"
+    run.status["host"] = "some-other-host"
+    assert lifecycle(run) == "running on some-other-host (not checked)"
+
+
+def test_corrupt_folder_is_reported_and_keeps_what_it_can(logdir, capsys):
+    _, rows = listing(logdir, capsys)
+    bad = rows["corrupt"]
+    problems = " | ".join(bad["problems"])
+    assert "corrupt: config.json: not JSON" in problems
+    assert "corrupt: status.json: not JSON" in problems
+    n = len(metrics_rows(logdir / "mt1"))
+    assert f"incomplete: metrics.jsonl line {n} cut off" in problems
+    assert bad["config"] is None and bad["status"] == "unknown (no status.json)"
+    # the rows before the cut still count
+    kept = metrics_rows(logdir / "mt1")[:-1]
+    assert bad["best"]["token_acc"] == dict(zip(("value", "epoch"), expected_best(kept, "token_acc")))
+
+
+def test_runs_table_in_plain_text(logdir, capsys):
+    assert main(["runs", "--logdir", str(logdir)]) == 0
+    text = capsys.readouterr().out
+    lines = {line.split()[0]: line for line in text.splitlines()[2:]}
+    assert set(lines) == {"mt1", "mt3", "failed", "diverged", "killed", "corrupt", "starting"}
+    assert "max_turn=1" in lines["mt1"] and "max_turn=3" in lines["mt3"]
+    assert "max_turn 1" in lines["mt1"]                              # the note
+    value, epoch = expected_best(metrics_rows(logdir / "mt3"), "token_acc")
+    assert f"{value:.2f} @{epoch}" in lines["mt3"]
+    assert "failed: RuntimeError: CUDA out of memory" in lines["failed"]
+    assert "corrupt: config.json" in lines["corrupt"] and "cut off" in lines["corrupt"]
+    assert "stopped (no process" in lines["killed"]
+
+
+def test_runs_on_a_missing_logdir_is_one_error_line(tmp_path, capsys):
+    assert main(["runs", "--logdir", str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: {tmp_path / 'nope'}: no such directory"
+
+
+# ------------------------------------------------------------------------------------------
+# EditSQL's log
+# ------------------------------------------------------------------------------------------
+def test_editsql_log_is_parsed_exactly(tmp_path):
+    path = tmp_path / "log.txt"
+    path.write_text(EDITSQL_LOG)
+    assert parse_editsql_log(str(path)) == [
+        {"epoch": 1, "editsql_epoch": 0, "split": "train", "editsql_loss": 80.0, "token_acc": 40.5, "string_acc": 2.25},
+        {"epoch": 1, "editsql_epoch": 0, "split": "valid", "editsql_loss": 90.1, "token_acc": 35.0, "string_acc": 1.5},
+        {"epoch": 2, "editsql_epoch": 1, "split": "train", "editsql_loss": 60.0, "token_acc": 55.75, "string_acc": 6.0},
+        {"epoch": 2, "editsql_epoch": 1, "split": "valid", "editsql_loss": float("inf"), "token_acc": 48.25,
+         "string_acc": 3.0},
+        {"epoch": 3, "editsql_epoch": 2, "split": "train", "editsql_loss": 50.0, "token_acc": 61.0, "string_acc": 9.5},
+        {"epoch": 3, "editsql_epoch": 2, "split": "valid", "editsql_loss": 70.0, "token_acc": 47.0, "string_acc": 3.0},
+    ]
+
+
+def test_editsql_log_in_fractions_is_scaled_to_percent(tmp_path):
+    path = tmp_path / "log.txt"
+    path.write_text("Epoch = 0\nValid gold-passing TOKEN_ACCURACY = 0.8125\nvalid gold-passing STRING_ACCURACY = 0.25\n")
+    assert parse_editsql_log(str(path)) == [
+        {"epoch": 1, "editsql_epoch": 0, "split": "valid", "token_acc": 81.25, "string_acc": 25.0}]
+
+
+def test_a_file_that_is_not_an_editsql_log_names_itself(tmp_path):
+    path = tmp_path / "notes.txt"
+    path.write_text("epoch 1: train loss 3.2\n")
+    with pytest.raises(DataError) as e:
+        parse_editsql_log(str(path))
+    assert str(e.value).startswith(f"{path}: no 'Epoch:' blocks")
+
+
+def test_the_shared_editsql_sparc_log():
+    rows = parse_editsql_log(shared_path("reference", "editsql_sparc_log.txt"))
+    valid = [r for r in rows if r["split"] == "valid"]
+    top = max(valid, key=lambda r: r["token_acc"])
+    assert (top["token_acc"], top["editsql_epoch"]) == (90.91, 31)
+    assert max(r["string_acc"] for r in valid) == 55.94
+    assert all(0 < r["token_acc"] <= 100 for r in rows)
+
+
+# ------------------------------------------------------------------------------------------
+# compare
+# ------------------------------------------------------------------------------------------
+def test_compare_says_beats_or_misses_by_how_much(logdir, tmp_path, capsys):
+    high = tmp_path / "high.txt"
+    high.write_text(EDITSQL_LOG.replace("48.25", "98.25"))
+    low = tmp_path / "low.txt"
+    low.write_text("Epoch:\t0\nvalid gold-passing TOKEN_ACCURACY:\t0.50\nvalid gold-passing STRING_ACCURACY:\t0.00\n"
+                   "Epoch:\t1\nvalid gold-passing TOKEN_ACCURACY:\t2.00\nvalid gold-passing STRING_ACCURACY:\t0.00\n")
+    runs = [str(logdir / "mt1"), str(logdir / "mt3")]
+    for ref, target, word in ((high, 98.25, "misses"), (low, 2.00, "beats")):
+        assert main(["compare", *runs, "--reference", str(ref)]) == 0
+        text = capsys.readouterr().out
+        line = next(ln for ln in text.splitlines() if ln.startswith(f"best token vs EditSQL {target:.2f}"))
+        for name in ("mt1", "mt3"):
+            value, _ = expected_best(metrics_rows(logdir / name), "token_acc")
+            assert f"{word} by {abs(round(value - target, 2)):.2f}" in line
+        assert "config max_turn" in text and "EditSQL (log)" in text
+
+
+def test_compare_without_a_log_uses_the_published_figure(logdir, capsys):
+    assert main(["compare", str(logdir / "mt1"), str(logdir / "mt3"), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["reference"]["targets"] == {"token_acc": 90.6, "string_acc": 55.94}
+    assert out["config_keys_that_differ"] == ["max_turn"]
+    for s in out["runs"]:
+        value = s["best"]["token_acc"]["value"]
+        assert out["verdicts"][s["name"]]["token_acc"] == f"misses by {90.6 - value:.2f}"
+
+
+def test_compare_json_is_strict_json_even_with_inf_losses(logdir, tmp_path, capsys):
+    ref = tmp_path / "log.txt"
+    ref.write_text(EDITSQL_LOG)
+    assert main(["compare", str(logdir / "mt1"), "--reference", str(ref), "--json"]) == 0
+
+    def refuse(name):
+        raise ValueError(f"non-standard JSON constant {name}")
+    out = json.loads(capsys.readouterr().out, parse_constant=refuse)
+    assert out["reference"]["rows"][3]["editsql_loss"] == "inf"
+    assert out["reference"]["targets"] == {"token_acc": 48.25, "string_acc": 3.0}
+
+
+def test_compare_plot_is_a_png(logdir, tmp_path, capsys):
+    ref = tmp_path / "log.txt"
+    ref.write_text(EDITSQL_LOG)
+    png = tmp_path / "cmp.png"
+    assert main(["compare", str(logdir / "mt1"), str(logdir / "mt3"), str(logdir / "corrupt"),
+                 "--reference", str(ref), "--plot", str(png)]) == 0
+    assert f"plot: {png}" in capsys.readouterr().out
+    data = png.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+    import matplotlib.image
+    img = matplotlib.image.imread(str(png))
+    assert img.shape[0] > 300 and img.shape[1] > 600
+
+
+def test_compare_a_missing_run_is_one_error_line(logdir, tmp_path, capsys):
+    assert main(["compare", str(logdir / "mt1"), str(tmp_path / "gone")]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'gone'}: no such run folder"
+
+
+def test_find_runs_orders_by_start_time(logdir):
+    names = [r.name for r in find_runs(str(logdir))]
+    assert names.index("mt1") < names.index("mt3") < names.index("failed")
