@@ -10,7 +10,7 @@ from text2sql.train import Trainer
 
 
 def encode_all(tr):
-    return tr.model.encode(tr.train_ex)
+    return tr.model.encode(tr.model.rows_of(tr.train_ex))
 
 
 def test_second_model_reads_the_cache_and_matches(concert_data, tmp_path):

@@ -128,7 +128,7 @@ def test_max_turn_changes_the_computation(concert_data, tmp_path):
 
 
 def test_teacher_forced_string_accuracy_equals_greedy_exact_match(concert_data, tmp_path):
-    tr = Trainer(cfg_for(concert_data, tmp_path, epochs=30), log=quiet, progress=False)
+    tr = Trainer(cfg_for(concert_data, tmp_path, epochs=12), log=quiet, progress=False)
     tr.run()
     model = tr.model.eval()
     with torch.no_grad():

@@ -55,12 +55,19 @@ class TrainConfig:
     sort_by_turns: bool = _f(False, "batch interactions of similar length together")
     skip_nonfinite: bool = _f(False, "skip and count steps with a non-finite loss or gradient instead of stopping")
     seed: int = _f(0, "random seed")
-    device: str = _f("cpu", "torch device")
+    device: str = _f("cpu", "torch device (cpu, cuda, cuda:1, ...); under torchrun each process takes "
+                            "cuda:LOCAL_RANK")
+    unbatched: bool = _f(False, "EditSQL's regime: each interaction alone, turn by turn through encoder and "
+                                "decoder (a reference and benchmark baseline; much slower)")
+    amp: bool = _f(False, "bfloat16 autocast for the forward pass (meant for GPUs; on a CPU without bf16 "
+                          "units it is slower)")
+    max_steps: int = _f(0, "stop after this many optimiser steps in all (0: no limit; benchmarks, smoke "
+                           "runs); the epoch it stops in counts as done")
     # evaluation and logging
     eval_every: int = _f(1, "evaluate every N epochs")
     train_eval_size: int = _f(200, "training interactions evaluated each time (0: all)")
     resume: str | None = _f(None, "continue the run in RUN_DIR from its last.pt, with its saved config "
-                                  "(only --epochs and --device may change)")
+                                  "(only --epochs, --device, --amp and --max_steps may change)")
     logdir: str = _f("logs", "where run folders go")
     note: str = _f("", "a note for this run (shown by later tools)")
     run_dir: str | None = _f(None, "write this run here instead of logs/<Mon DD_HH-MM-SS>_<host>/")

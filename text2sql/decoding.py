@@ -113,55 +113,72 @@ def greedy(decoder, turn_state, mem: DecoderMemory, vocab: Vocab, grammar: Gramm
 
 @torch.no_grad()
 def beam_search(decoder, turn_state, mem: DecoderMemory, vocab: Vocab, grammar: Grammar | None,
-                beam: int = 4, max_len: int = 100) -> list[int]:
-    """Beam search for ONE turn (turn_state [1, S], memory of batch 1) -> the best joint ids.
+                beam: int = 4, max_len: int = 100) -> list[list[int]]:
+    """Beam search for B turns at once (turn_state [B, S], a memory of B turns) -> the best joint
+    ids of each turn, without the end token.
 
-    Hypotheses are ranked by their summed log-probability; a finished one leaves the beam, and the
-    search stops once no live hypothesis can beat the best finished one.
+    All B * beam hypotheses go through each decoder step together, slot ``b * beam + k`` holding
+    hypothesis k of turn b (an empty slot scores -inf). Per turn, hypotheses are ranked by their
+    summed log-probability; a finished one leaves the beam, and a turn's search stops once no live
+    hypothesis can beat its best finished one.
     """
-    m = mem.expand(beam)
+    B = turn_state.shape[0]
+    dev = turn_state.device
+    n = B * beam
+    owner = torch.arange(B, device=dev).repeat_interleave(beam)             # [n] slot -> turn
+    m = mem.select(owner)
     h, c = decoder.init_state(turn_state)
-    state = (h.expand(beam, -1).contiguous(), c.expand(beam, -1).contiguous())
-    prev_out = turn_state.new_zeros(beam, decoder.hidden)
-    seqs: list[list[int]] = [[]]
-    scores = torch.zeros(1, device=turn_state.device)
-    finished: list[tuple[float, list[int]]] = []
-    tok = torch.full((beam,), vocab.go, dtype=torch.long, device=turn_state.device)
+    state = (h[owner], c[owner])
+    prev_out = turn_state.new_zeros(n, decoder.hidden)
+    seqs: list[list[list[int]]] = [[[]] for _ in range(B)]                 # live hypotheses per turn
+    scores = torch.full((B, beam), float("-inf"), device=dev)
+    scores[:, 0] = 0.0
+    finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(B)]
+    done = [False] * B
+    tok = torch.full((n,), vocab.go, dtype=torch.long, device=dev)
     for _ in range(max_len):
-        n = len(seqs)
-        emb = decoder.embed(tok[:n].unsqueeze(1), m.units[:n])[:, 0]
-        (h, c), out, logp = decoder.step((state[0][:n], state[1][:n]), emb, prev_out[:n], m.select(slice(0, n)))
-        if grammar is not None:
-            logp = _apply(logp, torch.stack([grammar.allowed(s, logp.shape[1], 0) for s in seqs]))
-        total = (scores.unsqueeze(1) + logp).view(-1)                  # [n * V]
+        emb = decoder.embed(tok.unsqueeze(1), m.units)[:, 0]
+        (h, c), out, logp = decoder.step(state, emb, prev_out, m)           # logp [n, V]
         V = logp.shape[1]
-        top = total.topk(min(2 * beam, total.numel()))
-        new_seqs, new_scores, rows, toks = [], [], [], []
-        for score, idx in zip(top.values.tolist(), top.indices.tolist()):
-            if score <= NEG / 2:
-                break
-            r, t = divmod(idx, V)
-            if t == vocab.eos:
-                finished.append((score, seqs[r]))
+        if grammar is not None:
+            free = torch.ones(V, dtype=torch.bool)
+            masks = [grammar.allowed(seqs[b][k], V, b) if not done[b] and k < len(seqs[b]) else free
+                     for b in range(B) for k in range(beam)]
+            logp = _apply(logp, torch.stack(masks))
+        total = (scores.unsqueeze(-1) + logp.view(B, beam, V)).view(B, beam * V)
+        top = total.topk(min(2 * beam, beam * V), dim=-1)
+        values, indices = top.values.tolist(), top.indices.tolist()         # the step's one read-back
+        src, toks = list(range(n)), [vocab.go] * n
+        new_scores = [[float("-inf")] * beam for _ in range(B)]
+        for b in range(B):
+            if done[b]:
                 continue
-            new_seqs.append(seqs[r] + [t])
-            new_scores.append(score)
-            rows.append(r)
-            toks.append(t)
-            if len(new_seqs) == beam:
-                break
-        best_done = max((s for s, _ in finished), default=None)
-        if not new_seqs or (best_done is not None and best_done >= new_scores[0]):
+            kept = []
+            for score, idx in zip(values[b], indices[b]):
+                if score <= NEG / 2:
+                    break
+                r, t = divmod(idx, V)
+                if t == vocab.eos:
+                    finished[b].append((score, seqs[b][r]))
+                    continue
+                src[b * beam + len(kept)], toks[b * beam + len(kept)] = b * beam + r, t
+                new_scores[b][len(kept)] = score
+                kept.append(seqs[b][r] + [t])
+                if len(kept) == beam:
+                    break
+            best_done = max((s for s, _ in finished[b]), default=None)
+            if not kept or (best_done is not None and best_done >= new_scores[b][0]):
+                done[b] = True
+                new_scores[b] = [float("-inf")] * beam
+            else:
+                seqs[b] = kept
+        if all(done):
             break
-        idx = torch.tensor(rows, device=turn_state.device)
-        state = (h[idx], c[idx])
-        prev_out = out[idx]
-        seqs = new_seqs
-        scores = torch.tensor(new_scores, device=turn_state.device)
-        tok = torch.tensor(toks, device=turn_state.device)
-    if finished:
-        return max(finished, key=lambda f: f[0])[1]
-    return seqs[0] if seqs else []
+        idx = torch.tensor(src, device=dev)
+        state, prev_out = (h[idx], c[idx]), out[idx]
+        scores = torch.tensor(new_scores, device=dev)
+        tok = torch.tensor(toks, device=dev)
+    return [max(f, key=lambda x: x[0])[1] if f else (s[0] if s else []) for f, s in zip(finished, seqs)]
 
 
 def ids_to_sql(ids: list[int], vocab: Vocab, schema: Schema) -> tuple[str, list[str], str | None]:

@@ -93,7 +93,7 @@ def load_bert(name_or_path: str | None):
 
 
 def tiny_bert(vocab_file: str | None = None, hidden: int = 32, layers: int = 2, heads: int = 2,
-              intermediate: int = 64):
+              intermediate: int = 64, dropout: float = 0.1):
     """A small random BertModel over the real uncased vocabulary (tests, ``--bert tiny``).
 
     Built from an in-memory config, so nothing is read but the default package's vocab.txt.
@@ -110,7 +110,8 @@ def tiny_bert(vocab_file: str | None = None, hidden: int = 32, layers: int = 2, 
         tok = BertTokenizerFast(vocab_file=vocab_file, do_lower_case=True)
     cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=hidden, num_hidden_layers=layers,
                      num_attention_heads=heads, intermediate_size=intermediate,
-                     max_position_embeddings=512)
+                     max_position_embeddings=512, hidden_dropout_prob=dropout,
+                     attention_probs_dropout_prob=dropout)
     return BertModel(cfg), tok
 
 

@@ -14,10 +14,7 @@ import os
 import sqlite3
 import sys
 
-from .data import tokenize_utterance
-from .decoding import ids_to_sql
 from .errors import DataError
-from .model import Example
 from .schema import Schema, connect_readonly, load_tables
 
 
@@ -45,7 +42,11 @@ def execute(db: str, sql: str, max_rows: int, timeout: float = 10.0):
 
 
 def run(args) -> int:
+    # torch and nltk load here, not when the CLI builds its parser: every command starts fast
     import torch
+    from .data import tokenize_utterance
+    from .decoding import ids_to_sql
+    from .model import Example
     from .train import load_run, table_units
     schema = load_schema(args)
     model, cfg, vocab = load_run(args.run, device=args.device)
@@ -53,15 +54,17 @@ def run(args) -> int:
     torch.set_grad_enabled(False)
     stream = open(args.input, encoding="utf-8") if args.input else sys.stdin
     words: list[list[str]] = []
+    done: list[list[int]] = []    # this conversation's predictions so far: not decoded again
     for line in stream:
         question = line.strip()
         if not question:
-            words = []            # a blank line ends the conversation
+            words, done = [], []   # a blank line ends the conversation
             continue
         words.append(tokenize_utterance(question))
         ex = Example(db_id=schema.db_id, unit_texts=schema.unit_natural, words=list(words),
                      targets=[[] for _ in words], table_units=table_units(schema))
-        preds = model.predict([ex], beam=args.beam, constrained=not args.no_constraints)[0]
+        preds = model.predict([ex], beam=args.beam, constrained=not args.no_constraints, known=[done])[0]
+        done = preds
         sql, _, problem = ids_to_sql(preds[-1], vocab, schema)
         print(f"[{len(words)}] {question}")
         print(sql)
@@ -118,6 +121,7 @@ def _split_interactions(cfg, data: str | None, split: str):
 def evaluate_run(args) -> dict:
     import json
     import torch
+    from .decoding import ids_to_sql
     from .evaluation import evaluate_files, exact_match, write_gold, write_predictions
     from .train import evaluate as teacher_forced, load_run, make_examples
     model, cfg, vocab = load_run(args.run, device=args.device)

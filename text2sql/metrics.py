@@ -14,18 +14,23 @@ from dataclasses import dataclass, field
 import torch
 
 
-def sequence_loss(logp, targets, mask, n_keywords: int, weighting: str, n_interactions: int):
+def sequence_loss(logp, targets, mask, n_keywords: int, weighting: str, n_interactions: int,
+                  denominator: torch.Tensor | float | None = None):
     """-> (loss, keyword part, DB part), each already divided by the weighting's denominator.
 
     ``sum``: summed token losses per interaction (EditSQL's unit of training); ``per_step``: the
     mean over target tokens. Denominators are clamped so an all-padding batch gives 0, not NaN.
+    ``denominator`` overrides it: a distributed run divides each rank's sums by the global count,
+    so the summed gradients equal one process's over the whole batch.
     """
     nll = -logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)          # [Nt, L]
     nll = nll.masked_fill(~mask, 0.0)
     is_kw = targets < n_keywords
     kw = nll.masked_fill(~is_kw, 0.0).sum()
     db = nll.masked_fill(is_kw, 0.0).sum()
-    if weighting == "per_step":
+    if denominator is not None:
+        denom = torch.as_tensor(denominator, dtype=nll.dtype, device=nll.device).clamp(min=1)
+    elif weighting == "per_step":
         denom = mask.sum().clamp(min=1).to(nll.dtype)
     elif weighting == "sum":
         denom = torch.tensor(float(max(n_interactions, 1)), dtype=nll.dtype, device=nll.device)
@@ -34,24 +39,26 @@ def sequence_loss(logp, targets, mask, n_keywords: int, weighting: str, n_intera
     return (kw + db) / denom, kw / denom, db / denom
 
 
+# what Meter counts, in the order of its on-device accumulator
+_COUNTS = ("turns", "strings_right", "positions", "positions_right", "kw_positions", "kw_right",
+           "db_positions", "db_right", "ratio_sum", "loss_sum", "kw_loss_sum", "db_loss_sum", "batches")
+
+
 @dataclass
 class Meter:
-    """Accumulates teacher-forced metrics over batches."""
+    """Accumulates teacher-forced metrics over batches.
+
+    Counts stay on the model's device and are read back once, in ``summary``: a training step
+    adds to them without a host sync."""
     n_keywords: int
-    turn_ratios: list = field(default_factory=list)
-    turns: int = 0
-    strings_right: int = 0
-    positions: int = 0
-    positions_right: int = 0
-    kw_positions: int = 0
-    kw_right: int = 0
-    db_positions: int = 0
-    db_right: int = 0
-    loss_sum: float = 0.0
-    kw_loss_sum: float = 0.0
-    db_loss_sum: float = 0.0
-    batches: int = 0
+    acc: torch.Tensor | None = None               # [len(_COUNTS)] float64 sums
     by_turn: dict = field(default_factory=dict)   # turn index -> [turns, strings right]
+    host_loss: list = field(default_factory=lambda: [0.0, 0.0, 0.0, 0])   # losses already read back
+
+    def add_loss(self, loss: float, kw_loss: float, db_loss: float):
+        """A step's losses, already on the host (a training step reads them back anyway)."""
+        h = self.host_loss
+        h[0], h[1], h[2], h[3] = h[0] + loss, h[1] + kw_loss, h[2] + db_loss, h[3] + 1
 
     @torch.no_grad()
     def add(self, logp, targets, mask, turn_index=None, loss=None, kw_loss=None, db_loss=None):
@@ -60,42 +67,52 @@ class Meter:
         per_turn_len = mask.sum(1)
         per_turn_right = right.sum(1)
         valid = per_turn_len > 0
-        ratios = per_turn_right[valid].double() / per_turn_len[valid].double()
-        self.turn_ratios += ratios.tolist()
+        ratios = per_turn_right.double() / per_turn_len.clamp(min=1).double()
         strings = (per_turn_right == per_turn_len) & valid
-        self.turns += int(valid.sum())
-        self.strings_right += int(strings.sum())
-        self.positions += int(mask.sum())
-        self.positions_right += int(right.sum())
         is_kw = (targets < self.n_keywords) & mask
         is_db = (targets >= self.n_keywords) & mask
-        self.kw_positions += int(is_kw.sum())
-        self.kw_right += int((right & is_kw).sum())
-        self.db_positions += int(is_db.sum())
-        self.db_right += int((right & is_db).sum())
-        if turn_index is not None:
-            for t, ok in zip(turn_index[valid].tolist(), strings[valid].tolist()):
-                c = self.by_turn.setdefault(t, [0, 0])
-                c[0] += 1
-                c[1] += int(ok)
-        if loss is not None:
-            self.loss_sum += float(loss)
-            self.kw_loss_sum += float(kw_loss)
-            self.db_loss_sum += float(db_loss)
-            self.batches += 1
+        zero = ratios.new_zeros(())
+        got = lambda x: zero if x is None else x.detach().double()    # noqa: E731
+        row = torch.stack([valid.sum().double(), strings.sum().double(), mask.sum().double(),
+                           right.sum().double(), is_kw.sum().double(), (right & is_kw).sum().double(),
+                           is_db.sum().double(), (right & is_db).sum().double(),
+                           (ratios * valid).sum(), got(loss), got(kw_loss), got(db_loss),
+                           zero + (loss is not None)])
+        self.acc = row if self.acc is None else self.acc + row
+        if turn_index is not None:      # evaluation only: this one reads back per batch
+            for t, ok, v in zip(turn_index.tolist(), strings.tolist(), valid.tolist()):
+                if v:
+                    c = self.by_turn.setdefault(t, [0, 0])
+                    c[0] += 1
+                    c[1] += int(ok)
+
+    def merge(self, other: "Meter"):
+        if other.acc is not None:
+            self.acc = other.acc if self.acc is None else self.acc + other.acc.to(self.acc.device)
+        self.host_loss = [a + b for a, b in zip(self.host_loss, other.host_loss)]
+        for t, (n, k) in other.by_turn.items():
+            c = self.by_turn.setdefault(t, [0, 0])
+            c[0] += n
+            c[1] += k
+
+    def counts(self) -> dict:
+        vals = [0.0] * len(_COUNTS) if self.acc is None else self.acc.tolist()
+        return dict(zip(_COUNTS, vals))
 
     def summary(self) -> dict:
+        c = self.counts()
+        h = self.host_loss
         pct = lambda a, b: 100.0 * a / b if b else 0.0   # noqa: E731
-        nb = max(self.batches, 1)
+        nb = max(c["batches"] + h[3], 1)
         return {
-            "loss": self.loss_sum / nb,
-            "keyword_loss": self.kw_loss_sum / nb,
-            "db_loss": self.db_loss_sum / nb,
-            "token_acc": 100.0 * sum(self.turn_ratios) / len(self.turn_ratios) if self.turn_ratios else 0.0,
-            "token_acc_pooled": pct(self.positions_right, self.positions),
-            "string_acc": pct(self.strings_right, self.turns),
-            "keyword_acc": pct(self.kw_right, self.kw_positions),
-            "db_acc": pct(self.db_right, self.db_positions),
-            "turns": self.turns,
-            "string_acc_by_turn": {str(t + 1): pct(c[1], c[0]) for t, c in sorted(self.by_turn.items())},
+            "loss": (c["loss_sum"] + h[0]) / nb,
+            "keyword_loss": (c["kw_loss_sum"] + h[1]) / nb,
+            "db_loss": (c["db_loss_sum"] + h[2]) / nb,
+            "token_acc": pct(c["ratio_sum"], c["turns"]),
+            "token_acc_pooled": pct(c["positions_right"], c["positions"]),
+            "string_acc": pct(c["strings_right"], c["turns"]),
+            "keyword_acc": pct(c["kw_right"], c["kw_positions"]),
+            "db_acc": pct(c["db_right"], c["db_positions"]),
+            "turns": int(c["turns"]),
+            "string_acc_by_turn": {str(t + 1): pct(k[1], k[0]) for t, k in sorted(self.by_turn.items())},
         }

@@ -13,15 +13,17 @@ each interaction on its own. Nothing is detached: the loss of turn 3 reaches tur
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from .attention import UtteranceDBAttention
-from .decoder import Decoder, DecoderMemory, PreviousQueryEncoder
+from .decoder import NEG, Decoder, DecoderMemory, PreviousQueryEncoder
 from .encoder import SchemaEncoder
 from .encoder_cache import entry_key
+from .tensors import to_device
 from .turn_rnn import TurnRNN, TurnSummary
 from .vocab import Vocab
 
@@ -76,6 +78,14 @@ def _link(words: list[str], unit_texts: list[str], U: int) -> torch.Tensor:
     return torch.nn.functional.pad(feats, (0, 0, 0, U - feats.shape[0]))
 
 
+def pad_ids(seqs: list[list[int]], device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Id lists -> (ids [N, L], mask [N, L]) with L >= 1, built on the host, moved in one copy."""
+    L = max(1, max((len(s) for s in seqs), default=0))
+    ids = [list(s) + [0] * (L - len(s)) for s in seqs]
+    mask = [[True] * len(s) + [False] * (L - len(s)) for s in seqs]
+    return to_device(ids, torch.long, device), to_device(mask, torch.bool, device)
+
+
 @dataclass
 class Example:
     """One interaction, ready for the model."""
@@ -126,20 +136,30 @@ class Text2SQL(nn.Module):
         self.disk_cache = None      # an EncoderCache, for a frozen encoder (see train.build_model)
 
     # ---- encoding ------------------------------------------------------------------------
-    def encode(self, examples: list[Example]):
-        """All rows (pre-turn + turns of each interaction) -> padded tensors on the model device."""
-        utterances, schemas = [], []
-        for ex in examples:
-            utterances.append([])                 # the pre-turn: the DB alone
-            schemas.append(ex.unit_texts)
-            for w in ex.words:
-                utterances.append(w)
-                schemas.append(ex.unit_texts)
+    @staticmethod
+    def rows_of(examples: list[Example]) -> list[tuple[str, list[str], list[str]]]:
+        """Encoder rows (db_id, utterance words, unit texts): per interaction its DB-only pre-turn,
+        then its turns."""
+        return [row for ex in examples
+                for row in [(ex.db_id, [], ex.unit_texts)] + [(ex.db_id, w, ex.unit_texts) for w in ex.words]]
+
+    def encode(self, rows):
+        """Rows -> padded tensors on the model device: utt [N, W, H], utt_mask [N, W], units [N, U, H],
+        unit_mask [N, U]."""
+        db_ids, utterances, schemas = (list(x) for x in zip(*rows))
         if self.encoder.fixed:
-            return self._encode_cached(utterances, schemas, [ex.db_id for ex in examples for _ in
-                                                              range(len(ex) + 1)])
+            return self._encode_cached(utterances, schemas, db_ids)
         out = self.encoder(utterances, schemas)
         return out.utterance, out.utterance_mask, out.units, out.unit_mask
+
+    def encode_rows(self, rows):
+        """Encoder, schema-linking features and utterance-DB attention for each row on its own
+        (rows never look at each other here) -> (utt, utt_mask, units, unit_mask, summaries [N, S])."""
+        utt, utt_mask, units, unit_mask = self.encode(rows)            # [N, W, H], [N, U, H]
+        links = to_device(self.link_features(rows, units.shape[1]), units.dtype, units.device)
+        units = units + self.link(links) * unit_mask.unsqueeze(-1)
+        utt, units = self.attention(self.drop(utt), utt_mask, self.drop(units), unit_mask)
+        return utt, utt_mask, units, unit_mask, self.summary(utt, utt_mask, units, unit_mask)
 
     def _encode_cached(self, utterances, schemas, db_ids):
         """A frozen encoder gives the same vectors for the same input: compute each once."""
@@ -162,64 +182,61 @@ class Text2SQL(nn.Module):
             todo = left
         if todo:
             out = self.encoder([utterances[i] for i in todo], [schemas[i] for i in todo])
+            n_words, n_units = out.utterance_mask.sum(1).tolist(), out.unit_mask.sum(1).tolist()
             for j, i in enumerate(todo):
-                nw = int(out.utterance_mask[j].sum())
-                nu = int(out.unit_mask[j].sum())
+                nw, nu = n_words[j], n_units[j]
                 self._cache[keys[i]] = (out.utterance[j, :nw].detach(), out.units[j, :nu].detach())
                 if self.disk_cache is not None:
                     self.disk_cache.put(disk_keys[i], *self._cache[keys[i]])
         rows = [self._cache[k] for k in keys]
-        W = max(1, max(r[0].shape[0] for r in rows))
-        U = max(r[1].shape[0] for r in rows)
-        H = rows[0][1].shape[-1]
         dev = rows[0][1].device
-        utt = torch.zeros(len(rows), W, H, device=dev)
-        units = torch.zeros(len(rows), U, H, device=dev)
-        utt_mask = torch.zeros(len(rows), W, dtype=torch.bool, device=dev)
-        unit_mask = torch.zeros(len(rows), U, dtype=torch.bool, device=dev)
-        for i, (u, d) in enumerate(rows):
-            utt[i, :u.shape[0]] = u
-            utt_mask[i, :u.shape[0]] = True
-            units[i, :d.shape[0]] = d
-            unit_mask[i, :d.shape[0]] = True
+        pad = nn.utils.rnn.pad_sequence
+        utt = pad([r[0] for r in rows], batch_first=True)                  # [N, W, H]
+        if utt.shape[1] == 0:          # only pre-turns: keep one (masked) utterance slot
+            utt = utt.new_zeros(utt.shape[0], 1, utt.shape[2])
+        units = pad([r[1] for r in rows], batch_first=True)                # [N, U, H]
+        n_words = to_device([r[0].shape[0] for r in rows], torch.long, dev)
+        n_units = to_device([r[1].shape[0] for r in rows], torch.long, dev)
+        utt_mask = torch.arange(utt.shape[1], device=dev) < n_words.unsqueeze(1)      # [N, W]
+        unit_mask = torch.arange(units.shape[1], device=dev) < n_units.unsqueeze(1)   # [N, U]
         return utt, utt_mask, units, unit_mask
 
-    def link_features(self, examples: list[Example], U: int) -> torch.Tensor:
-        """[N, U, 2]: per row (pre-turn, turns) and unit, the share of its table's and its column's
-        name words that occur in the utterance. Pretrained encoders align words and names on their
-        own; these two numbers make the match explicit for any encoder."""
-        rows = []
-        for ex in examples:
-            rows.append(torch.zeros(U, 2))                  # the pre-turn has no utterance
-            for words in ex.words:
-                rows.append(_link(words, ex.unit_texts, U))
-        return torch.stack(rows)
+    def link_features(self, rows, U: int) -> torch.Tensor:
+        """[N, U, 2]: per row and unit, the share of its table's and its column's name words that
+        occur in the utterance. Pretrained encoders align words and names on their own; these two
+        numbers make the match explicit for any encoder. A pre-turn (no words) gets zeros."""
+        return torch.stack([_link(words, unit_texts, U) for _, words, unit_texts in rows])
 
     def contextualise(self, examples: list[Example]):
-        """Encoder, utterance-DB attention and turn RNN for every turn of the batch."""
-        utt, utt_mask, units, unit_mask = self.encode(examples)       # [N, W, H], [N, U, H]
-        units = units + self.link(self.link_features(examples, units.shape[1]).to(units.device)) \
-            * unit_mask.unsqueeze(-1)
-        utt, units = self.attention(self.drop(utt), utt_mask, self.drop(units), unit_mask)
-        summaries = self.summary(utt, utt_mask, units, unit_mask)     # [N, S]
-        rows, histories, states = [], [], []
+        """Encoder, utterance-DB attention and turn RNN for every turn of the batch, batched over
+        interactions: one encoder call, one attention call and one turn-RNN pass for all of them."""
+        utt, utt_mask, units, unit_mask, summaries = self.encode_rows(self.rows_of(examples))
+        # rows are [pre-turn, turn 1, ..., turn n] per interaction; lay them out as [B, T]
+        B, T = len(examples), max(len(ex) for ex in examples)
+        pre_rows, turn_rows, flat, real = [], [], [], []
         r = 0
-        for ex in examples:
-            pre, turns = r, list(range(r + 1, r + 1 + len(ex)))
-            hist, state = self.turn_rnn(summaries[pre], summaries[turns], self.max_turn)   # [T, S]
-            histories.append(hist)
-            # the decoder starts from the history and this turn's state together
-            states.append(torch.cat([hist, state], -1))
-            rows += turns
+        for b, ex in enumerate(examples):
+            pre_rows.append(r)
+            turn_rows.append([r + 1 + min(t, len(ex) - 1) for t in range(T)])
+            real.append([float(t < len(ex)) for t in range(T)])
+            flat += [b * T + t for t in range(len(ex))]
             r += len(ex) + 1
-        rows_t = torch.tensor(rows, device=utt.device)
-        history = torch.cat(histories, 0)                                # [Nt, S]
-        utt_t = utt[rows_t] + self.history(history).unsqueeze(1)         # [Nt, W, H]
+        dev = utt.device
+        turn_rows_t = to_device(turn_rows, torch.long, dev)                    # [B, T]
+        flat_t = to_device(flat, torch.long, dev)                              # [Nt]
+        turns = summaries[turn_rows_t] * to_device(real, summaries.dtype, dev).unsqueeze(-1)  # [B, T, S]
+        hist, state = self.turn_rnn(summaries[to_device(pre_rows, torch.long, dev)], turns,
+                                    self.max_turn)                             # [B, T, S] each
+        hist = hist.reshape(B * T, -1)[flat_t]                                 # [Nt, S]
+        state = state.reshape(B * T, -1)[flat_t]                               # [Nt, S]
+        rows_t = turn_rows_t.reshape(-1)[flat_t]                               # [Nt] rows of real turns
+        utt_t = utt[rows_t] + self.history(hist).unsqueeze(1)                  # [Nt, W, H]
         utt_t = utt_t * utt_mask[rows_t].unsqueeze(-1)
         return {
             "utt": utt_t, "utt_mask": utt_mask[rows_t],
             "units": units[rows_t], "unit_mask": unit_mask[rows_t],
-            "state": torch.cat(states, 0),                               # [Nt, 2S]
+            # the decoder starts from the history and this turn's state together
+            "state": torch.cat([hist, state], -1),                             # [Nt, 2S]
         }
 
     def relevance_scores(self, units: torch.Tensor) -> torch.Tensor:
@@ -237,15 +254,7 @@ class Text2SQL(nn.Module):
 
     def previous(self, units: torch.Tensor, prev_ids: list[list[int]]):
         """Encode each turn's previous SQL (joint ids, no end token) against its own units [Nt, U, H]."""
-        Nt = len(prev_ids)
-        P = max(1, max((len(p) for p in prev_ids), default=0))
-        dev = units.device
-        ids = torch.zeros(Nt, P, dtype=torch.long, device=dev)
-        mask = torch.zeros(Nt, P, dtype=torch.bool, device=dev)
-        for i, p in enumerate(prev_ids):
-            if p:
-                ids[i, :len(p)] = torch.tensor(p, device=dev)
-                mask[i, :len(p)] = True
+        ids, mask = pad_ids(prev_ids, units.device)                      # [Nt, P]
         emb = self.decoder.embed(ids, units) * mask.unsqueeze(-1)
         return self.prev_encoder(emb, mask), mask, ids
 
@@ -270,20 +279,50 @@ class Text2SQL(nn.Module):
         ctx = self.contextualise(examples)
         mem = self.memory(ctx, self.gold_previous(examples))
         flat = [t for ex in examples for t in ex.targets]
-        L = max(1, max(len(t) for t in flat))
         dev = ctx["utt"].device
-        targets = torch.zeros(len(flat), L, dtype=torch.long, device=dev)
-        mask = torch.zeros(len(flat), L, dtype=torch.bool, device=dev)
-        for i, t in enumerate(flat):
-            if t:
-                targets[i, :len(t)] = torch.tensor(t, device=dev)
-                mask[i, :len(t)] = True
+        targets, mask = pad_ids(flat, dev)                                  # [Nt, L]
         logp = self.decoder(ctx["state"], targets, mem, go=self.vocab.go)
-        turn_index = torch.tensor([t for ex in examples for t in range(len(ex))], device=dev)
+        turn_index = to_device([t for ex in examples for t in range(len(ex))], torch.long, dev)
         rel = None
         if self.relevance is not None and self.training:
             rel = self._relevance_loss(ctx, flat)
         return ModelOutput(logp=logp, targets=targets, mask=mask, turn_index=turn_index, relevance_loss=rel)
+
+    def forward_unbatched(self, examples: list[Example]) -> ModelOutput:
+        """The same computation the EditSQL way: one interaction at a time, and within it one
+        turn at a time through the encoder, the attention, the turn RNN and the decoder.
+
+        The reference for the batched path (equal within float tolerance, see the tests) and
+        the baseline of ``scripts/bench_train.py``. Teacher-forced, like ``forward``."""
+        logps, targets, masks, turn_index = [], [], [], []
+        for ex in examples:
+            pre = self.encode_rows(self.rows_of([ex])[:1])[-1]                  # [1, S]
+            summaries = []
+            for t, words in enumerate(ex.words):
+                utt, utt_mask, units, unit_mask, summary = self.encode_rows([(ex.db_id, words, ex.unit_texts)])
+                summaries.append(summary)
+                # the turn RNN re-reads this interaction's summaries so far: the window rule of
+                # --max_turn then lives in one place, TurnRNN.forward
+                hist, state = self.turn_rnn(pre, torch.stack(summaries, 1), self.max_turn)
+                hist, state = hist[:, -1], state[:, -1]                           # [1, S]
+                ctx = {"utt": (utt + self.history(hist).unsqueeze(1)) * utt_mask.unsqueeze(-1),
+                       "utt_mask": utt_mask, "units": units, "unit_mask": unit_mask}
+                prev = ex.targets[t - 1][:-1] if t > 0 and self.max_turn > 1 else []
+                mem = self.memory(ctx, [prev])
+                tgt, mask = pad_ids([ex.targets[t]], utt.device)                  # [1, L]
+                logps.append(self.decoder(torch.cat([hist, state], -1), tgt, mem, go=self.vocab.go))
+                targets.append(tgt)
+                masks.append(mask)
+                turn_index.append(t)
+        L = max(x.shape[1] for x in targets)
+        J = max(x.shape[2] for x in logps)            # keywords + the largest schema's units
+        pad = lambda x, v: nn.functional.pad(x, (0, L - x.shape[1]), value=v)   # noqa: E731
+        # padding steps are masked; a smaller schema's missing units get a masked unit's log-prob
+        logps = [nn.functional.pad(x, (0, J - x.shape[2], 0, L - x.shape[1]), value=NEG) for x in logps]
+        return ModelOutput(logp=torch.cat(logps),
+                           targets=torch.cat([pad(x, 0) for x in targets]),
+                           mask=torch.cat([pad(x, False) for x in masks]),
+                           turn_index=to_device(turn_index, torch.long, logps[0].device))
 
     def _relevance_loss(self, ctx, flat):
         K = len(self.vocab)
@@ -300,10 +339,12 @@ class Text2SQL(nn.Module):
     # ---- decoding ------------------------------------------------------------------------
     @torch.no_grad()
     def predict(self, examples: list[Example], use_gold_previous: bool = False,
-                max_len: int = 100, beam: int = 1, constrained: bool = False) -> list[list[list[int]]]:
+                max_len: int = 100, beam: int = 1, constrained: bool = False,
+                known: list[list[list[int]]] | None = None) -> list[list[list[int]]]:
         """Decoding, turn by turn: each turn sees the previous turn's *prediction* (or, with
-        ``use_gold_previous``, the gold one). Greedy over all interactions at once, or beam search
-        (``beam`` > 1) turn by turn; ``constrained`` keeps every prefix well-formed SQL.
+        ``use_gold_previous``, the gold one). Greedy or beam search (``beam`` > 1), batched over the interactions either way; ``constrained``
+        keeps every prefix well-formed SQL. ``known`` holds predictions already made for the first
+        turns of each interaction (a conversation in progress): those turns are not decoded again.
         Returns per interaction, per turn, joint ids without the end token."""
         from .decoding import Grammar, beam_search, greedy
         grammar = Grammar(self.vocab) if constrained else None
@@ -314,9 +355,13 @@ class Text2SQL(nn.Module):
             starts.append(r)
             r += len(ex)
         preds = [[None] * len(ex) for ex in examples]
+        for i, k in enumerate(known or []):
+            preds[i][:len(k)] = k
         for t in range(max(len(ex) for ex in examples)):
-            live = [i for i, ex in enumerate(examples) if len(ex) > t]
-            rows = torch.tensor([starts[i] + t for i in live], device=ctx["utt"].device)
+            live = [i for i, ex in enumerate(examples) if len(ex) > t and preds[i][t] is None]
+            if not live:
+                continue
+            rows = to_device([starts[i] + t for i in live], torch.long, ctx["utt"].device)
             prev = []
             for i in live:
                 if t == 0 or self.max_turn <= 1:
@@ -326,15 +371,8 @@ class Text2SQL(nn.Module):
             mem = self.memory(ctx, prev, rows)
             if grammar is not None:
                 grammar.tables = [tables[i] for i in live]
-            if beam <= 1:
-                seqs = greedy(self.decoder, ctx["state"][rows], mem, self.vocab, grammar, max_len)
-            else:
-                seqs = []
-                for k in range(len(live)):
-                    if grammar is not None:
-                        grammar.tables = [tables[live[k]]]
-                    seqs.append(beam_search(self.decoder, ctx["state"][rows[k:k + 1]],
-                                            mem.select(slice(k, k + 1)), self.vocab, grammar, beam, max_len))
+            search = greedy if beam <= 1 else functools.partial(beam_search, beam=beam)
+            seqs = search(self.decoder, ctx["state"][rows], mem, self.vocab, grammar, max_len=max_len)
             for k, i in enumerate(live):
                 preds[i][t] = seqs[k]
         return preds

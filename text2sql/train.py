@@ -127,7 +127,7 @@ def build_encoder(cfg: TrainConfig):
     from .encoder import SchemaEncoder, load_bert, resolve_bert, tiny_bert
     if cfg.bert == "tiny":
         torch.manual_seed(cfg.seed)
-        bert, tok = tiny_bert()
+        bert, tok = tiny_bert(dropout=cfg.dropout)
     else:
         bert, tok = load_bert(resolve_bert(cfg.bert))
     enc = SchemaEncoder(bert, tok)
@@ -157,25 +157,41 @@ def make_optimizer(model: Text2SQL, cfg: TrainConfig):
     groups = [{"params": rest, "lr": cfg.lr, "name": "rest"}]
     if bert and not cfg.fix_bert:
         groups.append({"params": bert, "lr": cfg.lr_bert, "name": "bert"})
-    opt = torch.optim.Adam(groups)
+    # one fused kernel (or a few foreach ones) instead of a dozen ops per parameter tensor: with
+    # BERT's 30k-row embedding matrix the per-tensor loop was a tenth of a fine-tuning step
+    try:
+        opt = torch.optim.Adam(groups, fused=True)
+    except (RuntimeError, TypeError):
+        opt = torch.optim.Adam(groups, foreach=True)
     warm = max(cfg.warmup, 0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
     return opt, sched
 
 
-def grad_norms(model: Text2SQL) -> tuple[dict[str, float], set[str]]:
-    sq = {m: 0.0 for m in MODULES}
-    bad = set()
+def grad_norm_tensor(model: Text2SQL) -> torch.Tensor:
+    """[len(MODULES)] gradient L2 norm per module, computed on the device without a host sync
+    (NaN/inf where a module's gradient is not finite, 0 where it has none)."""
+    by_module: dict[str, list[torch.Tensor]] = {m: [] for m in MODULES}
     for n, p in model.named_parameters():
-        if p.grad is None:
+        if p.grad is not None:
+            by_module[module_of(n)].append(p.grad.detach())
+    dev = next(model.parameters()).device
+    out = []
+    for m in MODULES:
+        gs = by_module[m]
+        if not gs:
+            out.append(torch.zeros((), device=dev))
             continue
-        g = p.grad.detach().float()
-        s = float(g.pow(2).sum())
-        m = module_of(n)
-        if not math.isfinite(s):
-            bad.add(m)
-        sq[m] += s
-    return {m: math.sqrt(v) if math.isfinite(v) else float("nan") for m, v in sq.items()}, bad
+        norms = torch._foreach_norm(gs)                        # one kernel per dtype/device group
+        out.append(torch.linalg.vector_norm(torch.stack([x.float() for x in norms])))
+    return torch.stack(out)
+
+
+def grad_norms(model: Text2SQL) -> tuple[dict[str, float], set[str]]:
+    """-> (L2 norm of the gradient per module in MODULES, the modules whose gradient is not
+    finite). Reads back from the device once."""
+    vals = grad_norm_tensor(model).tolist()
+    return dict(zip(MODULES, vals)), {m for m, v in zip(MODULES, vals) if not math.isfinite(v)}
 
 
 # ------------------------------------------------------------------------------------------
@@ -211,6 +227,13 @@ def load_run(run_dir: str, device: str = "cpu", which: str = "best.pt"):
 # ------------------------------------------------------------------------------------------
 # evaluation
 # ------------------------------------------------------------------------------------------
+def autocast(cfg: TrainConfig):
+    """bfloat16 autocast with ``--amp`` (a no-op context otherwise). bf16 keeps fp32's exponent
+    range, so unlike fp16 it needs no loss scaling; log_softmax and the losses stay in fp32."""
+    dev = torch.device(cfg.device).type
+    return torch.autocast(device_type=dev, dtype=torch.bfloat16, enabled=bool(cfg.amp))
+
+
 @torch.no_grad()
 def evaluate(model: Text2SQL, examples: list[Example], cfg: TrainConfig, batch_size: int | None = None) -> dict:
     was = model.training
@@ -219,7 +242,8 @@ def evaluate(model: Text2SQL, examples: list[Example], cfg: TrainConfig, batch_s
     bs = batch_size or max(cfg.batch_size, 8)
     for i in range(0, len(examples), bs):
         batch = examples[i:i + bs]
-        out = model(batch)
+        with autocast(cfg):
+            out = model(batch)
         loss, kw, db = sequence_loss(out.logp, out.targets, out.mask, len(model.vocab), cfg.loss_weighting,
                                      len(batch))
         meter.add(out.logp, out.targets, out.mask, out.turn_index, loss, kw, db)
@@ -243,16 +267,32 @@ def new_run_dir(cfg: TrainConfig) -> str:
     return path
 
 
+class _NoWriter:
+    """Ranks other than 0 log nothing."""
+    def add_scalar(self, *a, **k):
+        pass
+
+    def flush(self):
+        pass
+
+    def close(self):
+        pass
+
+
 class Trainer:
     def __init__(self, cfg: TrainConfig, log=print, progress: bool = True):
-        self.log = log
-        self.progress = progress
+        from .distributed import setup
         resume_dir = cfg.resume
         if resume_dir:
             saved = TrainConfig.load(resume_dir)
             # what to train is fixed by the saved run; how long and where to run may change
             saved.epochs, saved.device, saved.resume = cfg.epochs, cfg.device, resume_dir
+            saved.amp, saved.max_steps = cfg.amp, cfg.max_steps
             cfg = saved
+        self.dist, cfg.device = setup(cfg.device)
+        self.log = log if self.dist.main else (lambda *a, **k: None)
+        log = self.log
+        self.progress = progress and self.dist.main
         self.cfg = cfg
         random.seed(cfg.seed)
         np.random.seed(cfg.seed)
@@ -262,16 +302,21 @@ class Trainer:
             self.run_dir = resume_dir
             self.vocab = Vocab.load(os.path.join(resume_dir, "vocab.json"))
         else:
-            self.run_dir = new_run_dir(cfg)
+            # the vocabulary is a function of the data, so every rank builds the same one
             self.vocab = Vocab.build([t for i in train for t in targets[id(i)]],
                                      [self.schemas[i.db_id] for i in train])
-            self.vocab.save(os.path.join(self.run_dir, "vocab.json"))
-            cfg.save(self.run_dir)
+            self.run_dir = self.dist.broadcast_object(new_run_dir(cfg) if self.dist.main else None)
+            if self.dist.main:
+                self.vocab.save(os.path.join(self.run_dir, "vocab.json"))
+                cfg.save(self.run_dir)
         self.train_ex = make_examples(train, self.schemas, targets, self.vocab)
         self.valid_ex = make_examples(valid, self.schemas, targets, self.vocab)
         n = cfg.train_eval_size or len(self.train_ex)
         self.train_eval_ex = self.train_ex[:n]
         self.model = build_model(cfg, self.vocab)
+        self.dist.broadcast_params(self.model)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.rest = [p for n, p in self.model.named_parameters() if module_of(n) != "encoder" and p.requires_grad]
         self.opt, self.sched = make_optimizer(self.model, cfg)
         self.epoch, self.step, self.best, self.skipped = 0, 0, -1.0, 0
         self.elapsed = 0.0
@@ -284,12 +329,16 @@ class Trainer:
             self.skipped, self.elapsed = ck.get("skipped", 0), ck.get("elapsed", 0.0)
             set_rng_state(ck["rng"])
             log(f"resumed {resume_dir} after epoch {self.epoch} (step {self.step})")
-        from tensorboardX import SummaryWriter
-        self.writer = SummaryWriter(self.run_dir)
+        if self.dist.main:
+            from tensorboardX import SummaryWriter
+            self.writer = SummaryWriter(self.run_dir)
+        else:
+            self.writer = _NoWriter()
         log(f"run folder: {self.run_dir}")
         log(f"train: {len(self.train_ex)} interactions, {sum(len(e) for e in self.train_ex)} turns; "
             f"valid: {len(self.valid_ex)} interactions, {sum(len(e) for e in self.valid_ex)} turns; "
-            f"vocabulary: {len(self.vocab)} keywords")
+            f"vocabulary: {len(self.vocab)} keywords"
+            + (f"; {self.dist.world} processes" if self.dist.enabled else ""))
 
     # ---- checkpoints -------------------------------------------------------------------------
     def checkpoint(self) -> dict:
@@ -300,17 +349,38 @@ class Trainer:
 
     # ---- one step ----------------------------------------------------------------------------
     def train_step(self, batch: list[Example], meter: Meter) -> float:
+        """One optimiser step on a global batch (this rank computes its share). Reads back from
+        the device once, for the non-finite guard and the logged figures."""
         cfg = self.cfg
         self.opt.zero_grad(set_to_none=True)
-        out = self.model(batch)
-        loss, kw, db = sequence_loss(out.logp, out.targets, out.mask, len(self.vocab), cfg.loss_weighting,
-                                     len(batch))
-        total = loss if out.relevance_loss is None else loss + out.relevance_loss
-        loss_ok = bool(torch.isfinite(total))
-        total.backward()
-        norms, bad = grad_norms(self.model)
-        if not loss_ok or bad:
-            what = f"non-finite loss ({float(total.detach())})" if not loss_ok else "non-finite gradient"
+        local = self.dist.shard(batch)
+        K = len(self.vocab)
+        dev = torch.device(cfg.device)
+        if cfg.loss_weighting == "per_step":
+            # the global token count, so that the summed gradients are one process's
+            denom = self.dist.all_reduce_(torch.tensor(float(sum(len(t) for e in local for t in e.targets)),
+                                                       device=dev))
+        else:
+            denom = float(len(batch))
+        out = None
+        if local:
+            with autocast(cfg):
+                out = self.model.forward_unbatched(local) if cfg.unbatched else self.model(local)
+            loss, kw, db = sequence_loss(out.logp.float(), out.targets, out.mask, K, cfg.loss_weighting,
+                                         len(batch), denominator=denom)
+            total = loss if out.relevance_loss is None else loss + out.relevance_loss / self.dist.world
+            total.backward()
+        else:   # a global batch smaller than the world leaves this rank idle: it adds zeros
+            loss = kw = db = total = torch.zeros((), device=dev)
+        self.dist.all_reduce_grads(self.params)
+        figures = self.dist.all_reduce_(torch.stack([total.detach().float(), loss.detach().float(),
+                                                     kw.detach().float(), db.detach().float()]))
+        vals = torch.cat([figures, grad_norm_tensor(self.model)]).tolist()     # the step's one sync
+        total_v, loss_v, kw_v, db_v = vals[:4]
+        norms = dict(zip(MODULES, vals[4:]))
+        bad = {m for m, v in norms.items() if not math.isfinite(v)}
+        if not math.isfinite(total_v) or bad:
+            what = f"non-finite loss ({total_v})" if not math.isfinite(total_v) else "non-finite gradient"
             where = ", ".join(sorted(bad)) or "none (the loss itself)"
             msg = (f"{what} at epoch {self.epoch + 1} step {self.step + 1}; modules with non-finite "
                    f"gradients: {where}; batch: " + ", ".join(f"{s[0]}#{s[1]}" for s in
@@ -322,31 +392,35 @@ class Trainer:
                 self.writer.add_scalar("train/skipped_steps", self.skipped, self.step)
                 return float("nan")
             path = os.path.join(self.run_dir, f"debug_step{self.step + 1}.pt")
-            atomic_save({**self.checkpoint(), "message": msg,
-                         "batch": [e.source for e in batch]}, path)
+            if self.dist.main:
+                atomic_save({**self.checkpoint(), "message": msg,
+                             "batch": [e.source for e in batch]}, path)
             raise NonFiniteError(f"{msg}; debug checkpoint: {path}")
         if cfg.clip > 0:
-            rest = [p for n, p in self.model.named_parameters() if module_of(n) != "encoder" and p.grad is not None]
-            torch.nn.utils.clip_grad_norm_(rest, cfg.clip)
+            torch.nn.utils.clip_grad_norm_([p for p in self.rest if p.grad is not None], cfg.clip, foreach=True)
         self.opt.step()
         self.sched.step()
         self.step += 1
-        meter.add(out.logp.detach(), out.targets, out.mask, None, loss.detach(), kw.detach(), db.detach())
+        if out is not None:
+            meter.add(out.logp.detach(), out.targets, out.mask, None)
+        meter.add_loss(loss_v, kw_v, db_v)
         w = self.writer
-        w.add_scalar("train_step/loss", float(loss.detach()), self.step)
-        w.add_scalar("train_step/keyword_loss", float(kw.detach()), self.step)
-        w.add_scalar("train_step/db_loss", float(db.detach()), self.step)
+        w.add_scalar("train_step/loss", loss_v, self.step)
+        w.add_scalar("train_step/keyword_loss", kw_v, self.step)
+        w.add_scalar("train_step/db_loss", db_v, self.step)
         for m, v in norms.items():
             w.add_scalar(f"grad_norm/{m}", v, self.step)
         for g in self.opt.param_groups:
             w.add_scalar(f"lr/{g['name']}", g["lr"], self.step)
-        return float(loss.detach())
+        return loss_v
 
     def record(self, split: str, metrics: dict):
         row = {"epoch": self.epoch, "step": self.step, "split": split,
                **{k: metrics[k] for k in ("loss", "keyword_loss", "db_loss", "token_acc", "string_acc",
                                           "keyword_acc", "db_acc", "turns")},
                "token_acc_pooled": metrics["token_acc_pooled"], "seconds": round(self.elapsed, 2)}
+        if "train_loss" in metrics:      # the mean loss of the epoch's optimiser steps
+            row["train_loss"] = metrics["train_loss"]
         with open(os.path.join(self.run_dir, "metrics.jsonl"), "a") as f:
             f.write(json.dumps(row) + "\n")
         for k in ("loss", "keyword_loss", "db_loss", "token_acc", "token_acc_pooled", "string_acc",
@@ -359,55 +433,72 @@ class Trainer:
         cfg = self.cfg
         self.model.train()
         self.write_status("running")
-        while self.epoch < cfg.epochs:
+        while self.epoch < cfg.epochs and not self.out_of_steps():
             start = time.time()
             meter = Meter(len(self.vocab))
             bs = batches(self.train_ex, cfg, self.epoch)
             turns_done = 0
             bar = tqdm(bs, desc=f"epoch {self.epoch + 1}/{cfg.epochs}", disable=not self.progress,
                        leave=False, file=sys.stderr)
-            for batch in bar:
-                self.train_step(batch, meter)
+            for k, batch in enumerate(bar):
+                loss = self.train_step(batch, meter)
                 turns_done += sum(len(e) for e in batch)
-                s = meter.summary()
-                bar.set_postfix(turns_s=f"{turns_done / max(time.time() - start, 1e-9):.1f}",
-                                loss=f"{s['loss']:.3f}", tok_acc=f"{s['token_acc']:.1f}")
+                if self.progress and k % 10 == 0:
+                    bar.set_postfix(turns_s=f"{turns_done / max(time.time() - start, 1e-9):.1f}",
+                                    loss=f"{loss:.3f}")
+                if self.out_of_steps():
+                    break
             bar.close()
             self.epoch += 1
             self.elapsed += time.time() - start
-            line = f"epoch {self.epoch}: train loss {meter.summary()['loss']:.4f}"
-            if self.epoch % cfg.eval_every == 0 or self.epoch == cfg.epochs:
-                t0 = time.time()
-                tr = evaluate(self.model, self.train_eval_ex, cfg)
-                self.record("train", tr)
-                line += f" | train tok {tr['token_acc']:.2f} str {tr['string_acc']:.2f}"
-                if self.valid_ex:
-                    va = evaluate(self.model, self.valid_ex, cfg)
-                    self.elapsed += time.time() - t0
-                    self.record("valid", va)
-                    line += (f" | valid loss {va['loss']:.4f} tok {va['token_acc']:.2f} str "
-                             f"{va['string_acc']:.2f} kw {va['keyword_acc']:.2f} db {va['db_acc']:.2f}")
-                    score = va["token_acc"]
-                else:
-                    self.elapsed += time.time() - t0
-                    score = tr["token_acc"]
-                if score > self.best:
-                    self.best = score
-                    atomic_save(self.checkpoint(), os.path.join(self.run_dir, "best.pt"))
-                    line += " *"
-            line += f" | {self.elapsed:.0f}s"
-            atomic_save(self.checkpoint(), os.path.join(self.run_dir, "last.pt"))
-            self.writer.flush()
-            self.write_status("running")
-            self.log(line)
+            train_loss = meter.summary()["loss"]
+            line = f"epoch {self.epoch}: train loss {train_loss:.4f}"
+            if self.dist.main:
+                line += self.end_of_epoch(train_loss)
+                self.log(line)
+            self.dist.barrier()      # the other ranks wait while rank 0 evaluates and saves
         self.writer.close()
         self.write_status("finished")
         return self
+
+    def out_of_steps(self) -> bool:
+        return bool(self.cfg.max_steps) and self.step >= self.cfg.max_steps
+
+    def end_of_epoch(self, train_loss: float) -> str:
+        """Evaluation, checkpoints and status, on rank 0 -> the rest of the epoch's log line."""
+        cfg = self.cfg
+        line = ""
+        last = self.epoch == cfg.epochs or self.out_of_steps()
+        if self.epoch % cfg.eval_every == 0 or last:
+            t0 = time.time()
+            tr = evaluate(self.model, self.train_eval_ex, cfg)
+            self.record("train", {**tr, "train_loss": train_loss})
+            line += f" | train tok {tr['token_acc']:.2f} str {tr['string_acc']:.2f}"
+            if self.valid_ex:
+                va = evaluate(self.model, self.valid_ex, cfg)
+                self.record("valid", va)
+                line += (f" | valid loss {va['loss']:.4f} tok {va['token_acc']:.2f} str "
+                         f"{va['string_acc']:.2f} kw {va['keyword_acc']:.2f} db {va['db_acc']:.2f}")
+                score = va["token_acc"]
+            else:
+                score = tr["token_acc"]
+            self.elapsed += time.time() - t0
+            if score > self.best:
+                self.best = score
+                atomic_save(self.checkpoint(), os.path.join(self.run_dir, "best.pt"))
+                line += " *"
+        line += f" | {self.elapsed:.0f}s"
+        atomic_save(self.checkpoint(), os.path.join(self.run_dir, "last.pt"))
+        self.writer.flush()
+        self.write_status("running")
+        return line
 
     def write_status(self, status: str, error: str | None = None):
         """``status.json``: running (rewritten every epoch), finished, failed or diverged.
 
         ``runs`` reads it; pid and host let it tell a live run from one that was killed."""
+        if not self.dist.main:
+            return
         row = {"status": status, "epoch": self.epoch, "epochs": self.cfg.epochs, "step": self.step,
                "best_valid_token_acc": self.best, "skipped_steps": self.skipped,
                "pid": os.getpid(), "host": socket.gethostname(), "updated": time.time()}
@@ -424,6 +515,7 @@ def main(cfg: TrainConfig) -> int:
     trainer = Trainer(cfg)
     try:
         trainer.run()
+        trainer.dist.close()
     except NonFiniteError as e:
         trainer.write_status("diverged", str(e))
         print(f"error: {e}", file=sys.stderr)

@@ -37,18 +37,22 @@ class TurnRNN(nn.Module):
         self.cell = nn.LSTMCell(input_size, hidden_size)
 
     def forward(self, pre: torch.Tensor, turns: torch.Tensor, max_turn: int):
-        """One interaction. pre [D] (the pre-turn summary), turns [T, D].
+        """B interactions at once. pre [B, D] (pre-turn summaries), turns [B, T, D] (zero-padded
+        past each interaction's last turn).
 
-        Returns (history [T, Hd], state [T, Hd]): ``history[t]`` is the state before turn t (pre-turn
-        plus at most ``max_turn - 1`` earlier turns), ``state[t]`` the state after reading turn t
-        on top of that history, which initialises turn t's decoder.
+        Returns (history [B, T, Hd], state [B, T, Hd]): ``history[:, t]`` is the state before turn t
+        (pre-turn plus at most ``max_turn - 1`` earlier turns), ``state[:, t]`` the state after reading
+        turn t on top of that history, which initialises turn t's decoder. Padded turns come after
+        every real one, so the states of real turns never read them; theirs are junk, for the
+        caller to drop.
         """
-        zeros = pre.new_zeros(1, self.hidden_size)
-        pre_state = self.cell(pre.unsqueeze(0), (zeros, zeros))          # ([1, Hd], [1, Hd])
+        B, T, _ = turns.shape
+        zeros = pre.new_zeros(B, self.hidden_size)
+        pre_state = self.cell(pre, (zeros, zeros))                       # ([B, Hd], [B, Hd])
         history, state = [], []
         window = max(int(max_turn), 1) - 1
         chain = [pre_state]          # chain[t]: pre-turn + turns 0..t-1, read in one pass
-        for t in range(turns.shape[0]):
+        for t in range(T):
             start = max(0, t - window)
             if start == 0:
                 h, c = chain[t]
@@ -57,10 +61,10 @@ class TurnRNN(nn.Module):
                 # so "N turns of history" means exactly that
                 h, c = pre_state
                 for k in range(start, t):
-                    h, c = self.cell(turns[k:k + 1], (h, c))
+                    h, c = self.cell(turns[:, k], (h, c))
             history.append(h)
-            h_t, c_t = self.cell(turns[t:t + 1], (h, c))
+            h_t, c_t = self.cell(turns[:, t], (h, c))
             state.append(h_t)
             if start == 0:
                 chain.append((h_t, c_t))
-        return torch.cat(history, 0), torch.cat(state, 0)
+        return torch.stack(history, 1), torch.stack(state, 1)

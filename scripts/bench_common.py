@@ -1,0 +1,58 @@
+"""Shared by the benchmark scripts: the machine's description and writing a figures section into
+docs/performance.md between markers, so re-running a benchmark replaces its own section only."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import subprocess
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DOC = os.path.join(ROOT, "docs", "performance.md")
+SPARC = os.path.join(os.path.dirname(ROOT), "shared", "data", "sparc")
+
+
+def machine() -> str:
+    import torch
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    except OSError:
+        pass
+    desc = f"{os.cpu_count()} CPU cores ({cpu}), torch {torch.__version__}, {torch.get_num_threads()} threads"
+    if torch.cuda.is_available():
+        desc += f", GPU {torch.cuda.get_device_name(0)}"
+    else:
+        desc += ", no GPU"
+    return desc
+
+
+def commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True).stdout.strip()
+        return out.stdout.strip() + ("+changes" if dirty else "")
+    except OSError:
+        return "unknown"
+
+
+def write_section(name: str, markdown: str, figures: dict):
+    """Replace the section between ``<!-- name:start -->`` and ``<!-- name:end -->`` (appended the
+    first time) with ``markdown`` and the figures' JSON line."""
+    block = (f"<!-- {name}:start -->\n{markdown.rstrip()}\n\n```\n{json.dumps(figures, sort_keys=True)}\n```\n"
+             f"<!-- {name}:end -->")
+    text = open(DOC, encoding="utf-8").read() if os.path.exists(DOC) else "# Performance\n"
+    pattern = re.compile(rf"<!-- {re.escape(name)}:start -->.*?<!-- {re.escape(name)}:end -->", re.S)
+    text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
+    with open(DOC, "w", encoding="utf-8") as f:
+        f.write(text)
+
+
+def table(rows: list[list], header: list[str]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines)

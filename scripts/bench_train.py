@@ -1,0 +1,189 @@
+"""Training speed: batched interactions against EditSQL's regime (batch 1, turn by turn).
+
+    python scripts/bench_train.py [--interactions 48] [--no_doc]
+
+On the SParC-dev database split's training side (the shipped tiny set where ../shared is absent),
+with the default encoder, it measures in one run:
+  - training turns/s: batch 1 turn by turn (``--unbatched``, the EditSQL regime), then batches of 8
+    and 16 interactions, fine-tuning and with ``--fix_bert`` (warm encoder cache);
+  - the share of a fine-tuning step spent outside the encoder (forward + backward);
+  - an epoch over SParC dev.json (1,203 turns) with ``--fix_bert`` and a warm cache;
+  - peak resident memory of the process;
+  - with a GPU: an epoch over dev.json fine-tuning in bf16 and the encoder's share of the GPU's
+    matrix throughput.
+Prints the figures, a final JSON line with all of them, and rewrites its section of
+docs/performance.md. Not a test: nothing here passes or fails.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from scripts.bench_common import SPARC, commit, machine, table, write_section  # noqa: E402
+
+# dense bf16 matrix throughput of known GPUs (TFLOP/s, without sparsity), for the achieved share
+PEAK_BF16 = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
+
+
+def quiet(*a, **k):
+    pass
+
+
+def trainer(fix_bert: bool, run_root: str, cache: str, device: str = "cpu", amp: bool = False, data=None):
+    from text2sql.config import TrainConfig
+    from text2sql.train import Trainer
+    if data is None:
+        data = dict(data=SPARC, protocol="db_split") if os.path.exists(SPARC) else {}
+    cfg = TrainConfig(**data, fix_bert=fix_bert, epochs=1, batch_size=1, device=device, amp=amp,
+                      cache_dir=cache, run_dir=tempfile.mkdtemp(dir=run_root), train_eval_size=1)
+    return Trainer(cfg, log=quiet, progress=False)
+
+
+def sync(device: str):
+    import torch
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def turns_per_s(tr, examples, batch_size: int, unbatched: bool) -> float:
+    from text2sql.metrics import Meter
+    tr.cfg.batch_size, tr.cfg.unbatched = batch_size, unbatched
+    batches = [examples[i:i + batch_size] for i in range(0, len(examples), batch_size)]
+    meter = Meter(len(tr.vocab))
+    tr.train_step(batches[0], meter)                        # warm-up: allocator, caches, kernels
+    sync(tr.cfg.device)
+    t0 = time.perf_counter()
+    for b in batches:
+        tr.train_step(b, meter)
+    sync(tr.cfg.device)
+    return sum(len(e) for e in examples) / (time.perf_counter() - t0)
+
+
+def encoder_seconds(tr, examples, batch_size: int) -> float:
+    """Forward + backward of the encoder alone over the same batches as a training epoch."""
+    model = tr.model
+    rows = [model.rows_of(examples[i:i + batch_size]) for i in range(0, len(examples), batch_size)]
+    t0 = time.perf_counter()
+    for r in rows:
+        _, words, units = zip(*r)
+        out = model.encoder(list(words), list(units))
+        (out.utterance.sum() + out.units.sum()).backward()
+    sync(tr.cfg.device)
+    model.zero_grad(set_to_none=True)
+    return time.perf_counter() - t0
+
+
+def step_seconds(tr, examples, batch_size: int) -> float:
+    from text2sql.metrics import Meter
+    tr.cfg.batch_size, tr.cfg.unbatched = batch_size, False
+    meter = Meter(len(tr.vocab))
+    t0 = time.perf_counter()
+    for i in range(0, len(examples), batch_size):
+        tr.train_step(examples[i:i + batch_size], meter)
+    sync(tr.cfg.device)
+    return time.perf_counter() - t0
+
+
+def dev_epoch(fix_bert: bool, run_root: str, cache: str, device: str, amp: bool, batch_size: int = 16):
+    """Seconds of one training epoch over SParC dev.json (the cache warmed first, untimed)."""
+    from text2sql.metrics import Meter
+    from text2sql.train import batches
+    tr = trainer(fix_bert, run_root, cache, device, amp,
+                 data=dict(data=os.path.join(SPARC, "dev.json"), tables=os.path.join(SPARC, "tables.json")))
+    tr.cfg.batch_size = batch_size
+    if fix_bert:
+        import torch
+        with torch.no_grad():
+            for i in range(0, len(tr.train_ex), 32):
+                tr.model.encode(tr.model.rows_of(tr.train_ex[i:i + 32]))
+    meter = Meter(len(tr.vocab))
+    sync(device)
+    t0 = time.perf_counter()
+    for b in batches(tr.train_ex, tr.cfg, 0):
+        tr.train_step(b, meter)
+    sync(device)
+    return time.perf_counter() - t0, sum(len(e) for e in tr.train_ex), tr
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--interactions", type=int, default=48, help="training interactions timed per setting")
+    ap.add_argument("--device", default="cuda" if os.environ.get("BENCH_CUDA") else "cpu")
+    ap.add_argument("--no_doc", action="store_true", help="do not rewrite docs/performance.md")
+    args = ap.parse_args(argv)
+    import torch
+    fig: dict = {"machine": machine(), "commit": commit(), "device": args.device}
+    run_root = tempfile.mkdtemp(prefix="bench_train_")
+    cache = os.path.join(run_root, "cache")
+    print(fig["machine"])
+    rows = []
+    for mode, fix in (("finetune", False), ("fix_bert", True)):
+        tr = trainer(fix, run_root, cache, args.device)
+        ex = tr.train_ex[:args.interactions]
+        if fix:      # warm the cache: the figure is for later epochs and later runs
+            with torch.no_grad():
+                tr.model.encode(tr.model.rows_of(ex))
+        base = turns_per_s(tr, ex, 1, unbatched=True)
+        b1 = turns_per_s(tr, ex, 1, unbatched=False)
+        b8 = turns_per_s(tr, ex, 8, unbatched=False)
+        b16 = turns_per_s(tr, ex, 16, unbatched=False)
+        fig.update({f"{mode}_turns_s_editsql_b1": round(base, 2), f"{mode}_turns_s_b1": round(b1, 2),
+                    f"{mode}_turns_s_b8": round(b8, 2), f"{mode}_turns_s_b16": round(b16, 2),
+                    f"speedup_{mode}": round(max(b8, b16) / base, 2)})
+        rows.append([mode, f"{base:.1f}", f"{b1:.1f}", f"{b8:.1f}", f"{b16:.1f}", f"{max(b8, b16) / base:.1f}×"])
+        print(f"{mode}: turns/s  EditSQL regime (batch 1, turn by turn) {base:.1f} | batch 1 {b1:.1f} | "
+              f"batch 8 {b8:.1f} | batch 16 {b16:.1f} | speedup {max(b8, b16) / base:.1f}x")
+        if not fix:
+            step = step_seconds(tr, ex, 16)
+            enc = encoder_seconds(tr, ex, 16)
+            fig["finetune_share_outside_encoder_b16"] = round(max(0.0, 1 - enc / step), 3)
+            print(f"fine-tuning, batch 16: step {step:.2f} s over {len(ex)} interactions, encoder forward+backward "
+                  f"{enc:.2f} s -> {100 * fig['finetune_share_outside_encoder_b16']:.0f}% of the step outside the encoder")
+        del tr
+    if os.path.exists(SPARC):
+        secs, turns, _ = dev_epoch(True, run_root, cache, args.device, False)
+        fig.update({"dev_epoch_fix_bert_warm_s": round(secs, 1), "dev_epoch_turns": turns})
+        print(f"epoch over SParC dev.json ({turns} turns), --fix_bert, warm cache, batch 16: {secs:.1f} s")
+    if args.device.startswith("cuda") and os.path.exists(SPARC):
+        secs, turns, tr = dev_epoch(False, run_root, cache, args.device, True)
+        fig["gpu_dev_epoch_finetune_bf16_s"] = round(secs, 1)
+        # achieved encoder throughput: 6 FLOPs per parameter per word piece (forward + backward)
+        n_params = sum(p.numel() for p in tr.model.encoder.bert.parameters())
+        pieces = sum(len(p.ids) for e in tr.train_ex for r in tr.model.rows_of([e])
+                     for p in tr.model.encoder.layout(r[1], r[2]).passes)
+        enc = encoder_seconds(tr, tr.train_ex, 16)
+        tflops = 6 * n_params * pieces / enc / 1e12
+        name = torch.cuda.get_device_name(0)
+        peak = next((v for k, v in PEAK_BF16.items() if k in name), None)
+        fig["gpu_encoder_tflops"] = round(tflops, 2)
+        if peak:
+            fig["gpu_encoder_share_of_peak"] = round(tflops / peak, 4)
+        print(f"GPU: dev epoch fine-tuning bf16 {secs:.1f} s; encoder {tflops:.1f} TFLOP/s"
+              + (f" = {100 * tflops / peak:.1f}% of {peak:.0f}" if peak else ""))
+    fig["peak_rss_gib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20, 2)
+    print(f"peak resident memory: {fig['peak_rss_gib']:.2f} GiB")
+    if not args.no_doc:
+        md = (f"## Training speed (`scripts/bench_train.py`)\n\nMachine: {fig['machine']}; commit `{fig['commit']}`; "
+              f"device {args.device}; the first {args.interactions} training interactions of the "
+              f"{'SParC-dev DB split' if os.path.exists(SPARC) else 'shipped tiny set'}, default encoder "
+              "(MiniLM). Turns per second of training (forward, backward, optimiser step):\n\n"
+              + table(rows, ["encoder", "EditSQL regime: batch 1, turn by turn", "batch 1 (turns batched)",
+                             "batch 8", "batch 16", "speedup (best batched / EditSQL regime)"])
+              + f"\n\nFine-tuning at batch 16: {100 * fig['finetune_share_outside_encoder_b16']:.0f}% of a step "
+              "is spent outside the encoder's forward and backward pass.")
+        if "dev_epoch_fix_bert_warm_s" in fig:
+            md += (f" An epoch over SParC dev.json ({fig['dev_epoch_turns']} turns) with `--fix_bert` and a "
+                   f"warm cache, batch 16: {fig['dev_epoch_fix_bert_warm_s']:.1f} s.")
+        md += f" Peak resident memory of the whole benchmark process: {fig['peak_rss_gib']:.2f} GiB."
+        write_section("bench_train", md, fig)
+    print(json.dumps(fig, sort_keys=True))
+
+
+if __name__ == "__main__":
+    main()
