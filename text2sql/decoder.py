@@ -103,38 +103,51 @@ class Decoder(nn.Module):
         # turn_state [B, S] -> (h, c) [B, hidden]
         return torch.tanh(self.init_h(turn_state)), torch.tanh(self.init_c(turn_state))
 
-    def step(self, state, prev_emb, prev_out, mem: DecoderMemory):
-        """One step for B turns -> (state, fused output [B, hidden], log-probs [B, K + U])."""
+    def recur(self, state, prev_emb, prev_out, mem: DecoderMemory):
+        """The recurrent part of one step for B turns -> (state, fused output [B, hidden])."""
         x = torch.cat([prev_emb, prev_out], -1)                     # [B, H + hidden]
         h, c = self.cell(x, state)
         c_utt, _ = self.att_utt(h, mem.utt, mem.utt_mask)           # [B, H]
         c_db, _ = self.att_db(h, mem.units, mem.unit_mask)          # [B, H]
         c_prev, _ = self.att_prev(h, mem.prev, mem.prev_mask)       # [B, Dp]
         out = torch.tanh(self.fuse(torch.cat([x, h, c_utt, c_db, c_prev], -1)))  # [B, hidden]
-        out = self.dropout(out)
-        return (h, c), out, self.scores(out, mem)
+        return (h, c), self.dropout(out)
+
+    def step(self, state, prev_emb, prev_out, mem: DecoderMemory):
+        """One step for B turns -> (state, fused output [B, hidden], log-probs [B, K + U])."""
+        state, out = self.recur(state, prev_emb, prev_out, mem)
+        return state, out, self.scores(out, mem)
 
     def scores(self, out: torch.Tensor, mem: DecoderMemory) -> torch.Tensor:
-        kw = self.keyword_out(out)                                           # [B, K]
-        db = torch.einsum("bh,buh->bu", self.db_proj(out), mem.units)        # [B, U]
-        logits = torch.cat([kw, db], -1)                                     # [B, K + U]
+        """Fused outputs [B, hidden] or [B, L, hidden] -> log-probs [B, K + U] or [B, L, K + U]."""
+        single = out.dim() == 2
+        if single:
+            out = out.unsqueeze(1)
+        kw = self.keyword_out(out)                                           # [B, L, K]
+        db = torch.einsum("blh,buh->blu", self.db_proj(out), mem.units)      # [B, L, U]
+        logits = torch.cat([kw, db], -1)                                     # [B, L, K + U]
         if mem.prev_ids is not None and mem.prev.shape[1] > 0:
-            copy = torch.einsum("bd,bpd->bp", self.copy_proj(out), mem.prev)  # [B, P]
-            copy = copy * mem.prev_mask.to(copy.dtype)
-            logits = logits.scatter_add(1, mem.prev_ids.clamp(min=0, max=logits.shape[1] - 1), copy)
-        unit_ok = torch.cat([torch.ones_like(kw, dtype=torch.bool), mem.unit_mask], -1)
-        logits = logits.masked_fill(~unit_ok, NEG)
-        return torch.log_softmax(logits, -1)                                 # [B, K + U]
+            copy = torch.einsum("bld,bpd->blp", self.copy_proj(out), mem.prev)   # [B, L, P]
+            copy = copy * mem.prev_mask.unsqueeze(1).to(copy.dtype)
+            ids = mem.prev_ids.clamp(min=0, max=logits.shape[-1] - 1).unsqueeze(1).expand(-1, out.shape[1], -1)
+            logits = logits.scatter_add(2, ids, copy)
+        unit_ok = torch.cat([torch.ones_like(kw[:, 0], dtype=torch.bool), mem.unit_mask], -1)   # [B, K + U]
+        logits = logits.masked_fill(~unit_ok.unsqueeze(1), NEG)
+        logp = torch.log_softmax(logits, -1)
+        return logp[:, 0] if single else logp
 
     def forward(self, turn_state, targets, mem: DecoderMemory, go: int):
-        """Teacher forcing. targets [B, L] joint ids; returns log-probs [B, L, K + U]."""
+        """Teacher forcing. targets [B, L] joint ids; returns log-probs [B, L, K + U].
+
+        Only the LSTM, the attention and the fusion are recurrent; the output layer runs once over
+        all L steps (one large matrix product instead of L small ones, forward and backward)."""
         B, L = targets.shape
         state = self.init_state(turn_state)
         prev_out = turn_state.new_zeros(B, self.hidden)
         inputs = torch.cat([targets.new_full((B, 1), go), targets[:, :-1]], 1)   # [B, L] shifted
         emb = self.embed(inputs, mem.units)                                   # [B, L, H]
-        logps = []
+        outs = []
         for i in range(L):
-            state, prev_out, logp = self.step(state, emb[:, i], prev_out, mem)
-            logps.append(logp)
-        return torch.stack(logps, 1)
+            state, prev_out = self.recur(state, emb[:, i], prev_out, mem)
+            outs.append(prev_out)
+        return self.scores(torch.stack(outs, 1), mem)                         # [B, L, K + U]
