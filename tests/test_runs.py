@@ -323,3 +323,22 @@ def test_compare_a_missing_run_is_one_error_line(logdir, tmp_path, capsys):
 def test_find_runs_orders_by_start_time(logdir):
     names = [r.name for r in find_runs(str(logdir))]
     assert names.index("mt1") < names.index("mt3") < names.index("failed")
+
+
+def test_a_flag_added_later_counts_as_its_default_in_the_config_diff(tmp_path):
+    from text2sql.config import TrainConfig
+    from text2sql.runs import config_diff, load_run
+    folders = []
+    for name, extra in (("old", {}), ("new", {"amp": False, "max_turn": 1})):
+        d = tmp_path / name
+        d.mkdir()
+        cfg = json.loads(TrainConfig(run_dir=str(d)).to_json())
+        cfg.pop("amp")                           # the old run predates --amp
+        cfg.update(extra)
+        (d / "config.json").write_text(json.dumps(cfg))
+        folders.append(load_run(str(d)))
+    assert config_diff(folders) == ["max_turn"]
+    cfg = json.loads((tmp_path / "new" / "config.json").read_text())
+    cfg["amp"] = True
+    (tmp_path / "new" / "config.json").write_text(json.dumps(cfg))
+    assert config_diff([load_run(str(tmp_path / n)) for n in ("old", "new")]) == ["amp", "max_turn"]

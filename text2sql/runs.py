@@ -28,7 +28,8 @@ PUBLISHED = {"token_acc": 90.6, "string_acc": 55.94}
 ACCURACIES = ("token_acc", "string_acc", "keyword_acc", "db_acc")
 LABELS = {"token_acc": "token", "string_acc": "string", "keyword_acc": "keyword", "db_acc": "DB"}
 # where a run is written, whether it resumed and its note say nothing about what was trained
-NOT_CONFIG = {"run_dir", "resume", "logdir", "note"}
+# where a run was written, read from or cached: not what it trained
+NOT_CONFIG = {"run_dir", "resume", "logdir", "note", "cache_dir"}
 RUN_FILES = ("config.json", "metrics.jsonl", "status.json", "vocab.json", "best.pt", "last.pt")
 EVENTS = re.compile(r"^events\.out\.tfevents\.(\d+)")
 
@@ -243,15 +244,26 @@ def epochs_done(run: Run) -> int:
     return max((r["epoch"] for r in run.rows), default=0)
 
 
+def config_defaults() -> dict:
+    from dataclasses import MISSING, fields
+    from .config import TrainConfig
+    return {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}
+
+
 def config_diff(runs: list[Run]) -> list[str]:
     """Config keys whose values are not the same in every listed run that has a config."""
     configs = [r.config for r in runs if r.config is not None]
     if len(configs) < 2:
         return []
     keys = sorted(set().union(*configs) - NOT_CONFIG)
+    defaults = config_defaults()
 
-    def value(c, k):            # a key one config lacks (a run from before the flag existed) differs too
-        return json.dumps(c[k], sort_keys=True) if k in c else "<absent>"
+    def value(c, k):
+        # a run from before a flag existed trained with what is now its default; a key that is
+        # not a flag at all (a foreign config) differs from every value
+        if k in c:
+            return json.dumps(c[k], sort_keys=True)
+        return json.dumps(defaults[k], sort_keys=True) if k in defaults else "<absent>"
     return [k for k in keys if len({value(c, k) for c in configs}) > 1]
 
 
