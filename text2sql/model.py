@@ -7,9 +7,11 @@
       decoder    init from s_t; attends over tokens' + W h_{t-1}, units', previous SQL
                  -> log_softmax over [keywords; units] per step
 
-Every turn of every interaction in a batch goes through the encoder in one call and through the
-decoder together (teacher forcing needs only the gold previous query); only the turn RNN walks
-each interaction on its own. Nothing is detached: the loss of turn 3 reaches turn 1's encoding.
+Every turn of every interaction in a batch goes through the encoder in a few length-sorted calls,
+through the turn RNN in one pass batched over interactions, and through the decoder together
+(teacher forcing needs only the gold previous query). ``forward_unbatched`` computes the same
+thing EditSQL's way, one interaction and one turn at a time. Nothing is detached: the loss of
+turn 3 reaches turn 1's encoding.
 """
 from __future__ import annotations
 
