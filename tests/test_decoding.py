@@ -104,8 +104,7 @@ def test_predict_command_keeps_the_conversation(trained, concert_data, tmp_path)
 def test_evaluate_command_end_to_end(trained, tmp_path):
     import json
     from conftest import ROOT
-    out = tmp_path / "eval"
-    out.mkdir()
+    out = tmp_path / "eval" / "new"            # --out makes the folder it names
     p = subprocess.run([sys.executable, "-m", "text2sql", "evaluate", "--run", trained.run_dir, "--split", "train",
                         "--out", str(out), "--json"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-800:]

@@ -135,6 +135,7 @@ def evaluate_run(args) -> dict:
         preds += model.predict(examples[i:i + args.batch_size], use_gold_previous=args.use_gold_previous,
                                beam=args.beam, constrained=not args.no_constraints)
     out_dir = args.out or args.run
+    os.makedirs(out_dir, exist_ok=True)     # --out may name a folder that does not exist yet
     gold_path = os.path.join(out_dir, f"gold_{args.split}.txt")
     pred_path = os.path.join(out_dir, "predictions.txt")
     sql_by_inter, rows = [], []
