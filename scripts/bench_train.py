@@ -51,18 +51,32 @@ def sync(device: str):
         torch.cuda.synchronize()
 
 
-def turns_per_s(tr, examples, batch_size: int, unbatched: bool) -> float:
+def train_seconds(tr, examples, batch_size: int, unbatched: bool = False) -> float:
+    """Seconds of training steps over ``examples`` in batches, after one untimed warm-up step
+    (allocator, caches, kernels)."""
     from text2sql.metrics import Meter
     tr.cfg.batch_size, tr.cfg.unbatched = batch_size, unbatched
     batches = [examples[i:i + batch_size] for i in range(0, len(examples), batch_size)]
     meter = Meter(len(tr.vocab))
-    tr.train_step(batches[0], meter)                        # warm-up: allocator, caches, kernels
+    tr.train_step(batches[0], meter)
     sync(tr.cfg.device)
     t0 = time.perf_counter()
     for b in batches:
         tr.train_step(b, meter)
     sync(tr.cfg.device)
-    return sum(len(e) for e in examples) / (time.perf_counter() - t0)
+    return time.perf_counter() - t0
+
+
+def turns_per_s(tr, examples, batch_size: int, unbatched: bool) -> float:
+    return sum(len(e) for e in examples) / train_seconds(tr, examples, batch_size, unbatched)
+
+
+def warm_cache(tr, examples):
+    """Encode ``examples`` once, untimed: the figures are for later epochs and later runs."""
+    import torch
+    with torch.no_grad():
+        for i in range(0, len(examples), 32):
+            tr.model.encode(tr.model.rows_of(examples[i:i + 32]))
 
 
 def encoder_seconds(tr, examples, batch_size: int) -> float:
@@ -79,17 +93,6 @@ def encoder_seconds(tr, examples, batch_size: int) -> float:
     return time.perf_counter() - t0
 
 
-def step_seconds(tr, examples, batch_size: int) -> float:
-    from text2sql.metrics import Meter
-    tr.cfg.batch_size, tr.cfg.unbatched = batch_size, False
-    meter = Meter(len(tr.vocab))
-    t0 = time.perf_counter()
-    for i in range(0, len(examples), batch_size):
-        tr.train_step(examples[i:i + batch_size], meter)
-    sync(tr.cfg.device)
-    return time.perf_counter() - t0
-
-
 def dev_epoch(fix_bert: bool, run_root: str, cache: str, device: str, amp: bool, batch_size: int = 16):
     """Seconds of one training epoch over SParC dev.json (the cache warmed first, untimed)."""
     from text2sql.metrics import Meter
@@ -98,10 +101,7 @@ def dev_epoch(fix_bert: bool, run_root: str, cache: str, device: str, amp: bool,
                  data=dict(data=os.path.join(SPARC, "dev.json"), tables=os.path.join(SPARC, "tables.json")))
     tr.cfg.batch_size = batch_size
     if fix_bert:
-        import torch
-        with torch.no_grad():
-            for i in range(0, len(tr.train_ex), 32):
-                tr.model.encode(tr.model.rows_of(tr.train_ex[i:i + 32]))
+        warm_cache(tr, tr.train_ex)
     meter = Meter(len(tr.vocab))
     sync(device)
     t0 = time.perf_counter()
@@ -126,9 +126,8 @@ def main(argv=None):
     for mode, fix in (("finetune", False), ("fix_bert", True)):
         tr = trainer(fix, run_root, cache, args.device)
         ex = tr.train_ex[:args.interactions]
-        if fix:      # warm the cache: the figure is for later epochs and later runs
-            with torch.no_grad():
-                tr.model.encode(tr.model.rows_of(ex))
+        if fix:
+            warm_cache(tr, ex)
         base = turns_per_s(tr, ex, 1, unbatched=True)
         b1 = turns_per_s(tr, ex, 1, unbatched=False)
         b8 = turns_per_s(tr, ex, 8, unbatched=False)
@@ -140,7 +139,7 @@ def main(argv=None):
         print(f"{mode}: turns/s  EditSQL regime (batch 1, turn by turn) {base:.1f} | batch 1 {b1:.1f} | "
               f"batch 8 {b8:.1f} | batch 16 {b16:.1f} | speedup {max(b8, b16) / base:.1f}x")
         if not fix:
-            step = step_seconds(tr, ex, 16)
+            step = train_seconds(tr, ex, 16)
             enc = encoder_seconds(tr, ex, 16)
             fig["finetune_share_outside_encoder_b16"] = round(max(0.0, 1 - enc / step), 3)
             print(f"fine-tuning, batch 16: step {step:.2f} s over {len(ex)} interactions, encoder forward+backward "

@@ -37,12 +37,6 @@ class DecoderMemory:
         return DecoderMemory(**{f.name: None if getattr(self, f.name) is None else getattr(self, f.name)[rows]
                                 for f in fields(self)})
 
-    def expand(self, n: int) -> "DecoderMemory":
-        """One turn's memory (B = 1) seen by ``n`` beam hypotheses."""
-        return DecoderMemory(**{f.name: None if getattr(self, f.name) is None
-                                else getattr(self, f.name).expand(n, *getattr(self, f.name).shape[1:])
-                                for f in fields(self)})
-
 
 class PreviousQueryEncoder(nn.Module):
     """A BiLSTM over the previous turn's SQL tokens (keyword embeddings and unit vectors)."""

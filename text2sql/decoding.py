@@ -14,6 +14,7 @@ from .decoder import NEG, DecoderMemory
 from .errors import DataError
 from .schema import Schema
 from .sql_tokens import tokens_to_sql
+from .tensors import to_device
 from .vocab import Vocab
 
 # tokens after which the query cannot end and ``)`` cannot come
@@ -174,10 +175,10 @@ def beam_search(decoder, turn_state, mem: DecoderMemory, vocab: Vocab, grammar: 
                 seqs[b] = kept
         if all(done):
             break
-        idx = torch.tensor(src, device=dev)
+        idx = to_device(src, torch.long, dev)
         state, prev_out = (h[idx], c[idx]), out[idx]
-        scores = torch.tensor(new_scores, device=dev)
-        tok = torch.tensor(toks, device=dev)
+        scores = to_device(new_scores, scores.dtype, dev)
+        tok = to_device(toks, torch.long, dev)
     return [max(f, key=lambda x: x[0])[1] if f else (s[0] if s else []) for f, s in zip(finished, seqs)]
 
 

@@ -86,15 +86,6 @@ class Meter:
                     c[0] += 1
                     c[1] += int(ok)
 
-    def merge(self, other: "Meter"):
-        if other.acc is not None:
-            self.acc = other.acc if self.acc is None else self.acc + other.acc.to(self.acc.device)
-        self.host_loss = [a + b for a, b in zip(self.host_loss, other.host_loss)]
-        for t, (n, k) in other.by_turn.items():
-            c = self.by_turn.setdefault(t, [0, 0])
-            c[0] += n
-            c[1] += k
-
     def counts(self) -> dict:
         vals = [0.0] * len(_COUNTS) if self.acc is None else self.acc.tolist()
         return dict(zip(_COUNTS, vals))

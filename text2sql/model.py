@@ -344,9 +344,10 @@ class Text2SQL(nn.Module):
                 max_len: int = 100, beam: int = 1, constrained: bool = False,
                 known: list[list[list[int]]] | None = None) -> list[list[list[int]]]:
         """Decoding, turn by turn: each turn sees the previous turn's *prediction* (or, with
-        ``use_gold_previous``, the gold one). Greedy or beam search (``beam`` > 1), batched over the interactions either way; ``constrained``
-        keeps every prefix well-formed SQL. ``known`` holds predictions already made for the first
-        turns of each interaction (a conversation in progress): those turns are not decoded again.
+        ``use_gold_previous``, the gold one). Greedy or beam search (``beam`` > 1), batched over the
+        interactions either way; ``constrained`` keeps every prefix well-formed SQL. ``known`` holds
+        predictions already made for the first turns of each interaction (a conversation in
+        progress): those turns are not decoded again.
         Returns per interaction, per turn, joint ids without the end token."""
         from .decoding import Grammar, beam_search, greedy
         grammar = Grammar(self.vocab) if constrained else None

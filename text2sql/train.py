@@ -187,13 +187,6 @@ def grad_norm_tensor(model: Text2SQL) -> torch.Tensor:
     return torch.stack(out)
 
 
-def grad_norms(model: Text2SQL) -> tuple[dict[str, float], set[str]]:
-    """-> (L2 norm of the gradient per module in MODULES, the modules whose gradient is not
-    finite). Reads back from the device once."""
-    vals = grad_norm_tensor(model).tolist()
-    return dict(zip(MODULES, vals)), {m for m, v in zip(MODULES, vals) if not math.isfinite(v)}
-
-
 # ------------------------------------------------------------------------------------------
 # checkpoints
 # ------------------------------------------------------------------------------------------
