@@ -145,3 +145,32 @@ def test_two_processes_take_the_same_step_as_one(tmp_path, weighting):
         moved += int(not torch.equal(one[k], init[k]))
     assert moved > 10                # the step really changed the parameters, encoder included
     assert any(not torch.equal(one[k], init[k]) for k in one if k.startswith("encoder."))
+
+
+def test_grad_checkpointing_gives_the_same_step_and_keeps_less(tmp_path):
+    """--grad_checkpointing recomputes BERT in the backward pass: the same loss and gradients as
+    keeping the activations (dropout included: the recompute replays the RNG), and the forward pass
+    saves fewer bytes for backward. Off, the same code keeps everything (the check can fail)."""
+    saved_bytes, grads, losses = [], [], []
+    for on in (False, True):
+        tr = tiny_trainer(tmp_path / str(on), dropout=0.1, grad_checkpointing=on)
+        model = tr.model.train()
+        ex = tr.train_ex[:4]
+        total = [0]
+
+        def pack(t):
+            total[0] += t.numel() * t.element_size()
+            return t
+        torch.manual_seed(1)
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            out = model(ex)
+            nll = -out.logp.gather(-1, out.targets.unsqueeze(-1)).squeeze(-1)[out.mask].sum()
+        nll.backward()
+        saved_bytes.append(total[0])
+        losses.append(nll.item())
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+    assert grads[0].keys() == grads[1].keys() and any(n.startswith("encoder.bert.") for n in grads[1])
+    for n in grads[0]:
+        assert torch.allclose(grads[0][n], grads[1][n], atol=1e-5, rtol=1e-4), n
+    assert saved_bytes[1] < 0.8 * saved_bytes[0], saved_bytes

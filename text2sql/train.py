@@ -133,6 +133,8 @@ def build_encoder(cfg: TrainConfig):
     enc = SchemaEncoder(bert, tok)
     if cfg.fix_bert:
         enc.fix()
+    elif cfg.grad_checkpointing:
+        enc.recompute()
     return enc
 
 
@@ -281,6 +283,7 @@ class Trainer:
             # what to train is fixed by the saved run; how long and where to run may change
             saved.epochs, saved.device, saved.resume = cfg.epochs, cfg.device, resume_dir
             saved.amp, saved.max_steps = cfg.amp, cfg.max_steps
+            saved.grad_checkpointing = cfg.grad_checkpointing
             cfg = saved
         self.dist, cfg.device = setup(cfg.device)
         self.log = log if self.dist.main else (lambda *a, **k: None)

@@ -1,0 +1,128 @@
+"""Peak memory and step time of fine-tuning on SParC's longest schemas, with and without
+``--grad_checkpointing``.
+
+    python scripts/bench_memory.py [--batch_size 8] [--device cpu] [--no_doc]
+
+A training epoch's peak memory is set by its heaviest batch: the interactions whose turns carry the
+most word pieces (every turn re-reads its whole schema, in several 512-piece passes on the big
+databases). This takes the ``--batch_size`` heaviest interactions of SParC train.json and runs two
+training steps on them in a fresh process per setting (so each peak is its own), reporting the peak
+resident memory (CPU) or peak allocated memory (GPU) and the second step's time. It also prints the
+word pieces per turn of train.json and dev.json: the reason fine-tuning runs slower on train than the
+dev-based figures of ``bench_train.py`` suggest. Needs ``../shared/data/sparc``. Not a test.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from scripts.bench_common import SPARC, commit, machine, table, write_section  # noqa: E402
+
+SETTINGS = {"finetune": dict(), "finetune + --grad_checkpointing": dict(grad_checkpointing=True),
+            "--fix_bert (cache in memory)": dict(fix_bert=True)}
+
+
+def pieces_per_turn(tr, examples) -> list[int]:
+    """Word pieces BERT reads for each turn of each interaction (all passes)."""
+    enc = tr.model.encoder
+    return [sum(len(p.ids) for p in enc.layout(words, units).passes)
+            for e in examples for _, words, units in tr.model.rows_of([e])]
+
+
+def child(name: str, batch_size: int, device: str) -> dict:
+    import torch
+    from text2sql.config import TrainConfig
+    from text2sql.metrics import Meter
+    from text2sql.train import Trainer
+    cfg = TrainConfig(data=SPARC, protocol="official", epochs=1, batch_size=batch_size, device=device,
+                      cache_dir="", run_dir=tempfile.mkdtemp(prefix="bench_memory_"), train_eval_size=1,
+                      **SETTINGS[name])
+    tr = Trainer(cfg, log=lambda *a, **k: None, progress=False)
+    per_ex = [sum(pieces_per_turn(tr, [e])) for e in tr.train_ex]
+    heavy = sorted(range(len(per_ex)), key=per_ex.__getitem__, reverse=True)[:batch_size]
+    batch = [tr.train_ex[i] for i in heavy]
+    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
+    meter = Meter(len(tr.vocab))
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    tr.train_step(batch, meter)
+    t0 = time.perf_counter()
+    tr.train_step(batch, meter)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    secs = time.perf_counter() - t0
+    out = {"setting": name, "step_s": round(secs, 2), "turns": sum(len(e) for e in batch),
+           "pieces": sum(per_ex[i] for i in heavy),
+           "rss_before_gib": round(base_rss, 2),
+           "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20, 2)}
+    if device.startswith("cuda"):
+        out["peak_gpu_gib"] = round(torch.cuda.max_memory_allocated() / 2 ** 30, 2)
+    if name == "finetune":
+        train = pieces_per_turn(tr, tr.train_ex)
+        valid = pieces_per_turn(tr, tr.valid_ex)
+        out["pieces_per_turn_train"] = round(sum(train) / len(train), 1)
+        out["pieces_per_turn_dev"] = round(sum(valid) / len(valid), 1)
+        out["pieces_per_turn_train_max"] = max(train)
+    return out
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--batch_size", type=int, default=8)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--no_doc", action="store_true", help="do not rewrite docs/performance.md")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.child:
+        print(json.dumps(child(args.child, args.batch_size, args.device)))
+        return
+    if not os.path.exists(SPARC):
+        sys.exit(f"bench_memory: needs SParC at {SPARC}")
+    fig: dict = {"machine": machine(), "commit": commit(), "device": args.device, "batch_size": args.batch_size}
+    print(fig["machine"])
+    rows, results = [], []
+    for name in SETTINGS:
+        proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", name, "--batch_size",
+                               str(args.batch_size), "--device", args.device], capture_output=True, text=True)
+        if proc.returncode:
+            sys.exit(f"bench_memory: {name} failed:\n{proc.stderr[-2000:]}")
+        r = json.loads(proc.stdout.strip().splitlines()[-1])
+        results.append(r)
+        key = name.split()[0].strip("-") + ("_ckpt" if "checkpointing" in name else "")
+        fig[f"{key}_peak_rss_gib"] = r["peak_rss_gib"]
+        fig[f"{key}_step_s"] = r["step_s"]
+        if "peak_gpu_gib" in r:
+            fig[f"{key}_peak_gpu_gib"] = r["peak_gpu_gib"]
+        for k in ("pieces_per_turn_train", "pieces_per_turn_dev", "pieces_per_turn_train_max"):
+            if k in r:
+                fig[k] = r[k]
+        peak = f"{r['peak_rss_gib']:.2f}" + (f" (GPU {r['peak_gpu_gib']:.2f})" if "peak_gpu_gib" in r else "")
+        rows.append([name, peak, f"{r['rss_before_gib']:.2f}", f"{r['step_s']:.1f}",
+                     f"{r['turns'] / r['step_s']:.1f}"])
+        print(f"{name}: peak {peak} GiB (before the steps {r['rss_before_gib']:.2f}), step {r['step_s']:.1f} s "
+              f"over {r['turns']} turns, {r['pieces']} word pieces")
+    print(f"word pieces per turn: train.json {fig['pieces_per_turn_train']} (max {fig['pieces_per_turn_train_max']}), "
+          f"dev.json {fig['pieces_per_turn_dev']}")
+    if not args.no_doc:
+        heavy = results[0]
+        md = (f"## Memory on long schemas (`scripts/bench_memory.py`)\n\nMachine: {fig['machine']}; commit "
+              f"`{fig['commit']}`; device {args.device}. One training step (the second of two) on the "
+              f"{args.batch_size} SParC train.json interactions with the most word pieces ({heavy['turns']} turns, "
+              f"{heavy['pieces']} pieces: the heaviest batch an epoch can draw), each setting in its own process:\n\n"
+              + table(rows, ["setting", "peak memory GiB", "GiB before the steps", "step s", "turns/s"])
+              + f"\n\nWord pieces BERT reads per turn (utterance + whole schema, all passes): train.json "
+              f"{fig['pieces_per_turn_train']} on average (at most {fig['pieces_per_turn_train_max']}), dev.json "
+              f"{fig['pieces_per_turn_dev']}.")
+        write_section("bench_memory", md, fig)
+    print(json.dumps(fig, sort_keys=True))
+
+
+if __name__ == "__main__":
+    main()
