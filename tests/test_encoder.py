@@ -259,3 +259,17 @@ def test_load_default_bert_is_minilm():
     out = e([["show", "singers"]], [UNITS[:3]])
     assert out.units.shape == (1, 3, 384) and torch.isfinite(out.units).all()
     assert enc_mod.sha256_file(os.path.join(resolve_bert(None), "model.safetensors")) == MINILM_SHA256
+
+
+@needs_default
+@pytest.mark.parametrize("fix_bert", [False, True])
+def test_built_encoder_trains_with_dropout_unless_frozen(fix_bert):
+    """from_pretrained returns BERT in eval mode; a fine-tuned encoder must come out of
+    build_encoder in training mode (dropout on: two passes differ), a frozen one in eval mode."""
+    from text2sql.config import TrainConfig
+    from text2sql.train import build_encoder
+    e = build_encoder(TrainConfig(fix_bert=fix_bert))
+    assert e.bert.training is (not fix_bert)
+    with torch.no_grad():
+        a, b = (e([["show", "singers"]], [UNITS[:3]]).units for _ in range(2))
+    assert torch.equal(a, b) is fix_bert

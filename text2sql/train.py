@@ -135,7 +135,10 @@ def build_encoder(cfg: TrainConfig):
         enc.fix()
     elif cfg.grad_checkpointing:
         enc.recompute()
-    return enc
+    # from_pretrained hands BERT back in eval mode: without this, anything that trains before
+    # Trainer.run() sets the mode (the benchmarks did) fine-tunes BERT without dropout, and without
+    # the checkpointing above, which only acts in training mode
+    return enc.train()
 
 
 def build_model(cfg: TrainConfig, vocab: Vocab) -> Text2SQL:
