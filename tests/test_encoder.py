@@ -273,3 +273,26 @@ def test_built_encoder_trains_with_dropout_unless_frozen(fix_bert):
     with torch.no_grad():
         a, b = (e([["show", "singers"]], [UNITS[:3]]).units for _ in range(2))
     assert torch.equal(a, b) is fix_bert
+
+
+@needs_default
+def test_bert_attention_dropout_zero_takes_the_fused_kernel():
+    """--bert_attention_dropout 0 overrides the checkpoint's attention dropout only (hidden dropout
+    stays), and in training mode attention then keeps far less for the backward pass: the fused
+    kernel instead of every [heads, T, T] matrix."""
+    from text2sql.config import TrainConfig
+    from text2sql.train import build_encoder
+    saved = {}
+    for p in (None, 0.0):
+        e = build_encoder(TrainConfig(bert_attention_dropout=p))
+        assert e.bert.training and e.bert.config.hidden_dropout_prob == 0.1
+        assert e.bert.config.attention_probs_dropout_prob == (0.1 if p is None else 0.0)
+        total = [0]
+
+        def pack(t):
+            total[0] += t.numel() * t.element_size()
+            return t
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            e([["show", "singers"] * 20], [UNITS * 10])
+        saved[p] = total[0]
+    assert saved[0.0] < 0.7 * saved[None], saved

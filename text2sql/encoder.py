@@ -77,15 +77,16 @@ def resolve_bert(name_or_path: str | None, expected_sha256: str = MINILM_SHA256)
     return path
 
 
-def load_bert(name_or_path: str | None):
-    """-> (BertModel, fast tokenizer). The default package and local directories load offline."""
+def load_bert(name_or_path: str | None, **config_overrides):
+    """-> (BertModel, fast tokenizer). The default package and local directories load offline.
+    ``config_overrides`` replace entries of the checkpoint's config (e.g. its dropout rates)."""
     from transformers import AutoModel, AutoTokenizer
     path = resolve_bert(name_or_path)
     # only a hub name may touch the network; the packaged default never does
     offline = name_or_path in _DEFAULT_NAMES or os.path.isdir(path)
     try:
         tok = AutoTokenizer.from_pretrained(path, use_fast=True, local_files_only=offline)
-        bert = AutoModel.from_pretrained(path, local_files_only=offline)
+        bert = AutoModel.from_pretrained(path, local_files_only=offline, **config_overrides)
     except Exception as e:  # transformers raises many kinds; the user needs one line
         raise EncoderLoadError(f"cannot load encoder checkpoint {path!r}: "
                            f"{' '.join(str(e).split())[:300]}") from None
@@ -95,7 +96,7 @@ def load_bert(name_or_path: str | None):
 
 
 def tiny_bert(vocab_file: str | None = None, hidden: int = 32, layers: int = 2, heads: int = 2,
-              intermediate: int = 64, dropout: float = 0.1):
+              intermediate: int = 64, dropout: float = 0.1, attention_dropout: float | None = None):
     """A small random BertModel over the real uncased vocabulary (tests, ``--bert tiny``).
 
     Built from an in-memory config, so nothing is read but the default package's vocab.txt.
@@ -113,7 +114,7 @@ def tiny_bert(vocab_file: str | None = None, hidden: int = 32, layers: int = 2, 
     cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=hidden, num_hidden_layers=layers,
                      num_attention_heads=heads, intermediate_size=intermediate,
                      max_position_embeddings=512, hidden_dropout_prob=dropout,
-                     attention_probs_dropout_prob=dropout)
+                     attention_probs_dropout_prob=dropout if attention_dropout is None else attention_dropout)
     return BertModel(cfg), tok
 
 

@@ -127,9 +127,12 @@ def build_encoder(cfg: TrainConfig):
     from .encoder import SchemaEncoder, load_bert, resolve_bert, tiny_bert
     if cfg.bert == "tiny":
         torch.manual_seed(cfg.seed)
-        bert, tok = tiny_bert(dropout=cfg.dropout)
+        att = cfg.dropout if cfg.bert_attention_dropout is None else cfg.bert_attention_dropout
+        bert, tok = tiny_bert(dropout=cfg.dropout, attention_dropout=att)
     else:
-        bert, tok = load_bert(resolve_bert(cfg.bert))
+        over = ({} if cfg.bert_attention_dropout is None
+                else {"attention_probs_dropout_prob": cfg.bert_attention_dropout})
+        bert, tok = load_bert(resolve_bert(cfg.bert), **over)
     enc = SchemaEncoder(bert, tok)
     if cfg.fix_bert:
         enc.fix()
@@ -212,14 +215,15 @@ def set_rng_state(s):
 
 
 def load_run(run_dir: str, device: str = "cpu", which: str = "best.pt"):
-    """A trained model and its config from a run folder (for evaluation and prediction)."""
+    """A trained model (in eval mode) and its config from a run folder (for evaluation and
+    prediction)."""
     cfg = TrainConfig.load(run_dir)
     cfg.device = device
     vocab = Vocab.load(os.path.join(run_dir, "vocab.json"))
     model = build_model(cfg, vocab)
     ckpt = torch.load(os.path.join(run_dir, which), map_location=device, weights_only=False)
     model.load_state_dict(ckpt["model"])
-    return model, cfg, vocab
+    return model.eval(), cfg, vocab
 
 
 # ------------------------------------------------------------------------------------------
