@@ -118,7 +118,7 @@ def main(argv=None):
                 fig[k] = r[k]
         peak = f"{r['peak_rss_gib']:.2f}" + (f" (GPU {r['peak_gpu_gib']:.2f})" if "peak_gpu_gib" in r else "")
         rows.append([name, bs, f"{r['turns']} / {r['pieces']}", peak, f"{r['rss_before_gib']:.2f}", f"{r['step_s']:.1f}",
-                     f"{r['turns'] / r['step_s']:.1f}"])
+                     f"{r['turns'] / r['step_s']:.2f}"])
         print(f"{name}, batch {bs}: peak {peak} GiB (before the steps {r['rss_before_gib']:.2f}), step {r['step_s']:.1f} s "
               f"over {r['turns']} turns, {r['pieces']} word pieces")
     print(f"word pieces per turn: train.json {fig['pieces_per_turn_train']} (max {fig['pieces_per_turn_train_max']}), "
