@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Ablations of the official-split recipe with the frozen, cached encoder (cheap enough for a CPU).
 #   scripts/ablate_sparc.sh [DATA_DIR] [EPOCHS] [NAME...]
-# Each NAME is one run, logs/ablate_<NAME>/, that differs from `base` in one knob; with no NAME,
+# Each NAME is one run, logs/ablate_<NAME>/, that differs from `base` in one knob (the last, in the
+# two that helped most); with no NAME,
 # all of them, in the order below. A run that already finished is skipped, one that stopped is
 # resumed, so the script can be re-run after an interruption. Ends with `compare` over every run.
 # The table in docs/experiments.md was made with this script.
@@ -10,7 +11,8 @@ DATA="${1:-../shared/data/sparc}"
 EPOCHS="${2:-5}"
 shift 2 || shift $# || true
 
-# base = scripts/train_sparc.sh's CPU recipe with FROM-less targets (EditSQL's setting)
+# base = scripts/train_sparc.sh's CPU recipe as it stood before these ablations (FROM-less targets,
+# summed loss); the recipe has since taken --loss_weighting per_step from them
 BASE=(--data "$DATA" --protocol official --fix_bert --batch_size 16 --shuffle --max_turn 5
       --lr 1e-3 --train_eval_size 200 --remove_from)
 declare -A KNOB=(
@@ -23,8 +25,9 @@ declare -A KNOB=(
   [warmup200]="--warmup 200"
   [per_step]="--loss_weighting per_step"
   [batch4]="--batch_size 4"
+  [per_step_key_init]="--loss_weighting per_step --key_init"
 )
-ORDER=(base with_from key_init max_turn1 lr3e-4 warmup200 per_step max_turn2 batch4)
+ORDER=(base with_from key_init max_turn1 lr3e-4 warmup200 per_step max_turn2 batch4 per_step_key_init)
 NAMES=("$@")
 [ ${#NAMES[@]} -eq 0 ] && NAMES=("${ORDER[@]}")
 
