@@ -42,8 +42,8 @@ class TrainConfig:
     fix_bert: bool = _f(False, "freeze the encoder (its outputs are then computed once and cached)")
     bert_attention_dropout: float | None = _f(None, "dropout on BERT's attention weights (default: the checkpoint's, "
                                                     "0.1 for MiniLM). 0 lets PyTorch use its fused attention "
-                                                    "kernel on CPU too: a fine-tuning step several times faster "
-                                                    "and smaller there (docs/performance.md)")
+                                                    "kernel on CPU too: there a fine-tuning step is over 2x "
+                                                    "faster and needs a third of the memory (docs/performance.md)")
     grad_checkpointing: bool = _f(False, "recompute BERT's activations in the backward pass instead of "
                                          "keeping them: far less memory when fine-tuning on long schemas "
                                          "(see docs/performance.md), one more encoder forward per step")

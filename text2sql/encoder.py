@@ -169,22 +169,20 @@ class SchemaEncoder(nn.Module):
             self.bert.train(self.training)
         return self
 
-    def recompute(self, on: bool = True):
+    def recompute(self):
         """Activation checkpointing (``--grad_checkpointing``): keep only each BERT layer's input
-        in the forward pass and recompute the layer in the backward pass. A fine-tuning step over
-        SParC's long schemas otherwise holds every layer's activations for every pass of every
-        turn (13 GB at batch 8 on CPU); this costs one more encoder forward."""
-        fn = getattr(self.bert, "activation_checkpointing_enable", None)   # transformers >= 5.23
-        if on:
-            self.bert.config.use_cache = False   # an encoder caches nothing; says so once otherwise
-            kw = {"use_reentrant": False}   # the reentrant variant drops gradients of unused inputs
-            if fn is not None:
-                fn(activation_checkpointing_kwargs=kw)
-            else:
-                self.bert.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kw)
+        in the forward pass and recompute the layer in the backward pass. Every turn re-reads its
+        whole schema, so a fine-tuning step over SParC's biggest databases otherwise holds every
+        layer's activations for thousands of word pieces per turn (15 GiB for 2 interactions on
+        CPU). It costs a second encoder forward, less where attention dropout is on
+        (scripts/bench_memory.py). Acts in training mode only."""
+        self.bert.config.use_cache = False       # an encoder caches nothing; transformers warns otherwise
+        kw = {"use_reentrant": False}            # the reentrant variant drops gradients of unused inputs
+        enable = getattr(self.bert, "activation_checkpointing_enable", None)    # transformers >= 5.23
+        if enable is not None:
+            enable(activation_checkpointing_kwargs=kw)
         else:
-            off = getattr(self.bert, "activation_checkpointing_disable", None)
-            (off or self.bert.gradient_checkpointing_disable)()
+            self.bert.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kw)
         return self
 
     def train(self, mode: bool = True):
