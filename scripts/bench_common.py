@@ -52,6 +52,14 @@ def write_section(name: str, markdown: str, figures: dict):
         f.write(text)
 
 
+def word_pieces(tr, examples) -> list[int]:
+    """Word pieces BERT reads for each encoder row (pre-turn and turns, all passes) of
+    ``examples`` under trainer ``tr``'s encoder."""
+    enc = tr.model.encoder
+    return [sum(len(p.ids) for p in enc.layout(words, units).passes)
+            for _, words, units in tr.model.rows_of(examples)]
+
+
 def table(rows: list[list], header: list[str]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]

@@ -23,7 +23,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from scripts.bench_common import SPARC, commit, machine, table, write_section  # noqa: E402
+from scripts.bench_common import SPARC, commit, machine, table, word_pieces, write_section  # noqa: E402
 
 SETTINGS = {"finetune": dict(), "finetune + --grad_checkpointing": dict(grad_checkpointing=True),
             "finetune + --bert_attention_dropout 0": dict(bert_attention_dropout=0.0),
@@ -39,23 +39,14 @@ PLAN = [("finetune", 2), ("finetune + --grad_checkpointing", 2), ("finetune + --
         ("--fix_bert (cache in memory)", 8)]
 
 
-def pieces_per_turn(tr, examples) -> list[int]:
-    """Word pieces BERT reads for each turn of each interaction (all passes)."""
-    enc = tr.model.encoder
-    return [sum(len(p.ids) for p in enc.layout(words, units).passes)
-            for e in examples for _, words, units in tr.model.rows_of([e])]
-
-
 def child(name: str, batch_size: int, device: str) -> dict:
     import torch
-    from text2sql.config import TrainConfig
+    from scripts.bench_train import trainer
     from text2sql.metrics import Meter
-    from text2sql.train import Trainer
-    cfg = TrainConfig(data=SPARC, protocol="official", epochs=1, batch_size=batch_size, device=device,
-                      cache_dir="", run_dir=tempfile.mkdtemp(prefix="bench_memory_"), train_eval_size=1,
-                      **SETTINGS[name])
-    tr = Trainer(cfg, log=lambda *a, **k: None, progress=False)
-    per_ex = [sum(pieces_per_turn(tr, [e])) for e in tr.train_ex]
+    flags = dict(SETTINGS[name])
+    tr = trainer(flags.pop("fix_bert", False), tempfile.mkdtemp(prefix="bench_memory_"), "", device,
+                 data=dict(data=SPARC, protocol="official"), **flags)
+    per_ex = [sum(word_pieces(tr, [e])) for e in tr.train_ex]
     heavy = sorted(range(len(per_ex)), key=per_ex.__getitem__, reverse=True)[:batch_size]
     batch = [tr.train_ex[i] for i in heavy]
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
@@ -75,8 +66,8 @@ def child(name: str, batch_size: int, device: str) -> dict:
     if device.startswith("cuda"):
         out["peak_gpu_gib"] = round(torch.cuda.max_memory_allocated() / 2 ** 30, 2)
     if name == "finetune":
-        train = pieces_per_turn(tr, tr.train_ex)
-        valid = pieces_per_turn(tr, tr.valid_ex)
+        train = word_pieces(tr, tr.train_ex)
+        valid = word_pieces(tr, tr.valid_ex)
         out["pieces_per_turn_train"] = round(sum(train) / len(train), 1)
         out["pieces_per_turn_dev"] = round(sum(valid) / len(valid), 1)
         out["pieces_per_turn_train_max"] = max(train)

@@ -26,7 +26,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from scripts.bench_common import SPARC, commit, machine, table, write_section  # noqa: E402
+from scripts.bench_common import SPARC, commit, machine, table, word_pieces, write_section  # noqa: E402
 
 # dense bf16 matrix throughput of known GPUs (TFLOP/s, without sparsity), for the achieved share
 PEAK_BF16 = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
@@ -160,8 +160,7 @@ def main(argv=None):
         fig["gpu_dev_epoch_finetune_bf16_s"] = round(secs, 1)
         # achieved encoder throughput: 6 FLOPs per parameter per word piece (forward + backward)
         n_params = sum(p.numel() for p in tr.model.encoder.bert.parameters())
-        pieces = sum(len(p.ids) for e in tr.train_ex for r in tr.model.rows_of([e])
-                     for p in tr.model.encoder.layout(r[1], r[2]).passes)
+        pieces = sum(word_pieces(tr, tr.train_ex))
         enc = encoder_seconds(tr, tr.train_ex, 16)
         tflops = 6 * n_params * pieces / enc / 1e12
         name = torch.cuda.get_device_name(0)

@@ -15,6 +15,11 @@ def _f(default, help, **kw):
     return field(default=default, metadata={"help": help, **kw})
 
 
+# what a resumed run may change: how long and where it runs, and how it computes the same thing;
+# what it trains stays the saved run's
+RESUME_MAY_CHANGE = ("epochs", "device", "amp", "max_steps", "grad_checkpointing")
+
+
 @dataclass
 class TrainConfig:
     # data
@@ -74,8 +79,7 @@ class TrainConfig:
     eval_every: int = _f(1, "evaluate every N epochs")
     train_eval_size: int = _f(200, "training interactions evaluated each time (0: all)")
     resume: str | None = _f(None, "continue the run in RUN_DIR from its last.pt, with its saved config "
-                                  "(only --epochs, --device, --amp, --max_steps and --grad_checkpointing "
-                                  "may change)")
+                                  "(only " + ", ".join(f"--{k}" for k in RESUME_MAY_CHANGE) + " may change)")
     logdir: str = _f("logs", "where run folders go")
     note: str = _f("", "a note for this run (shown by later tools)")
     run_dir: str | None = _f(None, "write this run here instead of logs/<Mon DD_HH-MM-SS>_<host>/")

@@ -41,7 +41,7 @@ def sequence_loss(logp, targets, mask, n_keywords: int, weighting: str, n_intera
 
 # what Meter counts, in the order of its on-device accumulator
 _COUNTS = ("turns", "strings_right", "positions", "positions_right", "kw_positions", "kw_right",
-           "db_positions", "db_right", "ratio_sum", "loss_sum", "kw_loss_sum", "db_loss_sum", "batches")
+           "db_positions", "db_right", "ratio_sum")
 
 
 @dataclass
@@ -49,19 +49,21 @@ class Meter:
     """Accumulates teacher-forced metrics over batches.
 
     Counts stay on the model's device and are read back once, in ``summary``: a training step
-    adds to them without a host sync."""
+    adds to them without a host sync. Losses arrive already on the host (``add_loss``)."""
     n_keywords: int
     acc: torch.Tensor | None = None               # [len(_COUNTS)] float64 sums
     by_turn: dict = field(default_factory=dict)   # turn index -> [turns, strings right]
-    host_loss: list = field(default_factory=lambda: [0.0, 0.0, 0.0, 0])   # losses already read back
+    loss_sums: list = field(default_factory=lambda: [0.0, 0.0, 0.0])   # loss, keyword, DB parts
+    batches: int = 0
 
     def add_loss(self, loss: float, kw_loss: float, db_loss: float):
-        """A step's losses, already on the host (a training step reads them back anyway)."""
-        h = self.host_loss
-        h[0], h[1], h[2], h[3] = h[0] + loss, h[1] + kw_loss, h[2] + db_loss, h[3] + 1
+        """One batch's losses (a training step reads them back anyway, with its other figures)."""
+        for i, v in enumerate((loss, kw_loss, db_loss)):
+            self.loss_sums[i] += v
+        self.batches += 1
 
     @torch.no_grad()
-    def add(self, logp, targets, mask, turn_index=None, loss=None, kw_loss=None, db_loss=None):
+    def add(self, logp, targets, mask, turn_index=None):
         pred = logp.argmax(-1)                                   # [Nt, L]
         right = (pred == targets) & mask
         per_turn_len = mask.sum(1)
@@ -71,13 +73,9 @@ class Meter:
         strings = (per_turn_right == per_turn_len) & valid
         is_kw = (targets < self.n_keywords) & mask
         is_db = (targets >= self.n_keywords) & mask
-        zero = ratios.new_zeros(())
-        got = lambda x: zero if x is None else x.detach().double()    # noqa: E731
         row = torch.stack([valid.sum().double(), strings.sum().double(), mask.sum().double(),
                            right.sum().double(), is_kw.sum().double(), (right & is_kw).sum().double(),
-                           is_db.sum().double(), (right & is_db).sum().double(),
-                           (ratios * valid).sum(), got(loss), got(kw_loss), got(db_loss),
-                           zero + (loss is not None)])
+                           is_db.sum().double(), (right & is_db).sum().double(), (ratios * valid).sum()])
         self.acc = row if self.acc is None else self.acc + row
         if turn_index is not None:      # evaluation only: this one reads back per batch
             for t, ok, v in zip(turn_index.tolist(), strings.tolist(), valid.tolist()):
@@ -92,13 +90,12 @@ class Meter:
 
     def summary(self) -> dict:
         c = self.counts()
-        h = self.host_loss
         pct = lambda a, b: 100.0 * a / b if b else 0.0   # noqa: E731
-        nb = max(c["batches"] + h[3], 1)
+        nb = max(self.batches, 1)
         return {
-            "loss": (c["loss_sum"] + h[0]) / nb,
-            "keyword_loss": (c["kw_loss_sum"] + h[1]) / nb,
-            "db_loss": (c["db_loss_sum"] + h[2]) / nb,
+            "loss": self.loss_sums[0] / nb,
+            "keyword_loss": self.loss_sums[1] / nb,
+            "db_loss": self.loss_sums[2] / nb,
             "token_acc": pct(c["ratio_sum"], c["turns"]),
             "token_acc_pooled": pct(c["positions_right"], c["positions"]),
             "string_acc": pct(c["strings_right"], c["turns"]),

@@ -27,8 +27,7 @@ from .errors import DataError
 PUBLISHED = {"token_acc": 90.6, "string_acc": 55.94}
 ACCURACIES = ("token_acc", "string_acc", "keyword_acc", "db_acc")
 LABELS = {"token_acc": "token", "string_acc": "string", "keyword_acc": "keyword", "db_acc": "DB"}
-# where a run is written, whether it resumed and its note say nothing about what was trained
-# where a run was written, read from or cached: not what it trained
+# where a run was written, read from or cached, whether it resumed and its note: not what it trained
 NOT_CONFIG = {"run_dir", "resume", "logdir", "note", "cache_dir"}
 RUN_FILES = ("config.json", "metrics.jsonl", "status.json", "vocab.json", "best.pt", "last.pt")
 EVENTS = re.compile(r"^events\.out\.tfevents\.(\d+)")

@@ -20,7 +20,7 @@ from dataclasses import asdict
 import numpy as np
 import torch
 
-from .config import TrainConfig
+from .config import RESUME_MAY_CHANGE, TrainConfig
 from .data import SHIPPED_DATA, Interaction, db_split, read_split, split_path, tables_path
 from .errors import DataError
 from .metrics import Meter, sequence_loss
@@ -127,8 +127,7 @@ def build_encoder(cfg: TrainConfig):
     from .encoder import SchemaEncoder, load_bert, resolve_bert, tiny_bert
     if cfg.bert == "tiny":
         torch.manual_seed(cfg.seed)
-        att = cfg.dropout if cfg.bert_attention_dropout is None else cfg.bert_attention_dropout
-        bert, tok = tiny_bert(dropout=cfg.dropout, attention_dropout=att)
+        bert, tok = tiny_bert(dropout=cfg.dropout, attention_dropout=cfg.bert_attention_dropout)
     else:
         over = ({} if cfg.bert_attention_dropout is None
                 else {"attention_probs_dropout_prob": cfg.bert_attention_dropout})
@@ -159,9 +158,18 @@ def build_model(cfg: TrainConfig, vocab: Vocab) -> Text2SQL:
     return model.to(cfg.device)
 
 
+def trainable(model: Text2SQL) -> tuple[list, list]:
+    """-> (BERT's trainable parameters, the rest's): they get their own learning rates, and only
+    the rest is clipped."""
+    bert, rest = [], []
+    for n, p in model.named_parameters():
+        if p.requires_grad:
+            (bert if module_of(n) == "encoder" else rest).append(p)
+    return bert, rest
+
+
 def make_optimizer(model: Text2SQL, cfg: TrainConfig):
-    bert = [p for n, p in model.named_parameters() if module_of(n) == "encoder" and p.requires_grad]
-    rest = [p for n, p in model.named_parameters() if module_of(n) != "encoder" and p.requires_grad]
+    bert, rest = trainable(model)
     groups = [{"params": rest, "lr": cfg.lr, "name": "rest"}]
     if bert and not cfg.fix_bert:
         groups.append({"params": bert, "lr": cfg.lr_bert, "name": "bert"})
@@ -248,7 +256,8 @@ def evaluate(model: Text2SQL, examples: list[Example], cfg: TrainConfig, batch_s
             out = model(batch)
         loss, kw, db = sequence_loss(out.logp, out.targets, out.mask, len(model.vocab), cfg.loss_weighting,
                                      len(batch))
-        meter.add(out.logp, out.targets, out.mask, out.turn_index, loss, kw, db)
+        meter.add(out.logp, out.targets, out.mask, out.turn_index)
+        meter.add_loss(*torch.stack([loss, kw, db]).tolist())
     model.train(was)
     return meter.summary()
 
@@ -287,10 +296,9 @@ class Trainer:
         resume_dir = cfg.resume
         if resume_dir:
             saved = TrainConfig.load(resume_dir)
-            # what to train is fixed by the saved run; how long and where to run may change
-            saved.epochs, saved.device, saved.resume = cfg.epochs, cfg.device, resume_dir
-            saved.amp, saved.max_steps = cfg.amp, cfg.max_steps
-            saved.grad_checkpointing = cfg.grad_checkpointing
+            for k in RESUME_MAY_CHANGE:
+                setattr(saved, k, getattr(cfg, k))
+            saved.resume = resume_dir
             cfg = saved
         self.dist, cfg.device = setup(cfg.device)
         self.log = log if self.dist.main else (lambda *a, **k: None)
@@ -319,7 +327,7 @@ class Trainer:
         self.model = build_model(cfg, self.vocab)
         self.dist.broadcast_params(self.model)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.rest = [p for n, p in self.model.named_parameters() if module_of(n) != "encoder" and p.requires_grad]
+        self.rest = trainable(self.model)[1]
         self.opt, self.sched = make_optimizer(self.model, cfg)
         self.epoch, self.step, self.best, self.skipped = 0, 0, -1.0, 0
         self.elapsed = 0.0
