@@ -26,8 +26,10 @@ declare -A KNOB=(
   [per_step]="--loss_weighting per_step"
   [batch4]="--batch_size 4"
   [per_step_key_init]="--loss_weighting per_step --key_init"
+  [per_step_lr3e-4]="--loss_weighting per_step --lr 3e-4"
 )
-ORDER=(base with_from key_init max_turn1 lr3e-4 warmup200 per_step max_turn2 batch4 per_step_key_init)
+ORDER=(base with_from key_init max_turn1 lr3e-4 warmup200 per_step max_turn2 batch4 per_step_key_init
+       per_step_lr3e-4)
 NAMES=("$@")
 [ ${#NAMES[@]} -eq 0 ] && NAMES=("${ORDER[@]}")
 
