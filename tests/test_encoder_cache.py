@@ -58,3 +58,21 @@ def test_changed_weights_use_another_folder(concert_data, tmp_path):
     assert a.model.disk_cache.dir != b.model.disk_cache.dir
     assert b.model.disk_cache.hits == 0
     assert len(os.listdir(cache)) == 2
+
+
+def test_without_memoising_the_frozen_encoder_runs_every_time_with_the_same_outputs(concert_data, tmp_path):
+    """The EditSQL regime of scripts/bench_train.py: a frozen encoder run again on every call,
+    neither the memory nor the disk cache read or written."""
+    tr = Trainer(cfg_for(concert_data, tmp_path / "a", fix_bert=True, cache_dir=str(tmp_path / "cache")),
+                 log=quiet, progress=False)
+    cached = encode_all(tr)
+    tr.model.memoise = False
+    calls = []
+    forward = tr.model.encoder.forward
+    tr.model.encoder.forward = lambda *a, **k: calls.append(1) or forward(*a, **k)
+    hits = tr.model.disk_cache.hits
+    for _ in range(2):
+        again = encode_all(tr)
+        for x, y in zip(cached, again):
+            assert torch.allclose(x, y, atol=1e-6)
+    assert len(calls) == 2 and tr.model.disk_cache.hits == hits

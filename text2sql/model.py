@@ -136,6 +136,9 @@ class Text2SQL(nn.Module):
         self.link = nn.Linear(2, H)
         self._cache: dict = {}
         self.disk_cache = None      # an EncoderCache, for a frozen encoder (see train.build_model)
+        # False: a frozen encoder runs again on every call, as EditSQL's does (the baseline of
+        # scripts/bench_train.py); the outputs are the same either way
+        self.memoise = True
 
     # ---- encoding ------------------------------------------------------------------------
     @staticmethod
@@ -169,9 +172,10 @@ class Text2SQL(nn.Module):
         first = {}
         for i, k in enumerate(keys):
             first.setdefault(k, i)              # the pre-turn repeats within a batch: encode it once
-        todo = [i for k, i in first.items() if k not in self._cache]
+        cache = self._cache if self.memoise else {}
+        todo = [i for k, i in first.items() if k not in cache]
         disk_keys = {}
-        if todo and self.disk_cache is not None:
+        if todo and self.disk_cache is not None and self.memoise:
             disk_keys = {i: entry_key(db_ids[i], utterances[i], schemas[i]) for i in todo}
             left = []
             for i in todo:
@@ -180,17 +184,17 @@ class Text2SQL(nn.Module):
                     left.append(i)
                 else:
                     dev = next(self.parameters()).device
-                    self._cache[keys[i]] = (hit[0].to(dev), hit[1].to(dev))
+                    cache[keys[i]] = (hit[0].to(dev), hit[1].to(dev))
             todo = left
         if todo:
             out = self.encoder([utterances[i] for i in todo], [schemas[i] for i in todo])
             n_words, n_units = out.utterance_mask.sum(1).tolist(), out.unit_mask.sum(1).tolist()
             for j, i in enumerate(todo):
                 nw, nu = n_words[j], n_units[j]
-                self._cache[keys[i]] = (out.utterance[j, :nw].detach(), out.units[j, :nu].detach())
-                if self.disk_cache is not None:
-                    self.disk_cache.put(disk_keys[i], *self._cache[keys[i]])
-        rows = [self._cache[k] for k in keys]
+                cache[keys[i]] = (out.utterance[j, :nw].detach(), out.units[j, :nu].detach())
+                if disk_keys:
+                    self.disk_cache.put(disk_keys[i], *cache[keys[i]])
+        rows = [cache[k] for k in keys]
         dev = rows[0][1].device
         pad = nn.utils.rnn.pad_sequence
         utt = pad([r[0] for r in rows], batch_first=True)                  # [N, W, H]
