@@ -1,5 +1,6 @@
-"""Prediction latency per turn, as the ``predict`` command sees it: a conversation in progress,
-one new question at a time (its earlier turns are not decoded again).
+"""Prediction latency per turn, as the ``predict`` command sees it (``inference.Conversation``): a
+conversation in progress, one new question at a time (its earlier turns are neither encoded nor
+decoded again).
 
     python scripts/bench_predict.py --run RUN_DIR [--interactions 60] [--no_doc]
 
@@ -43,23 +44,17 @@ def percentile(xs: list[float], q: float) -> float:
 
 
 def replay(model, examples, schemas, vocab, beam: int) -> list[float]:
-    import torch
     from text2sql.decoding import ids_to_sql
-    from text2sql.model import Example
-    model.eval()
+    from text2sql.inference import Conversation
     model.disk_cache = None
     out = []
-    with torch.no_grad():
-        for ex in examples:
-            model._cache.clear()           # a new conversation: none of its turns encoded yet
-            done: list[list[int]] = []
-            for t in range(len(ex)):
-                part = Example(db_id=ex.db_id, unit_texts=ex.unit_texts, words=ex.words[:t + 1],
-                               targets=[[] for _ in range(t + 1)], table_units=ex.table_units)
-                t0 = time.perf_counter()
-                done = model.predict([part], beam=beam, constrained=True, known=[done])[0]
-                ids_to_sql(done[-1], vocab, schemas[ex.db_id])
-                out.append(time.perf_counter() - t0)
+    for ex in examples:
+        model._cache.clear()           # a new conversation: none of its turns encoded yet
+        talk = Conversation(model, schemas[ex.db_id], beam=beam, constrained=True)
+        for words in ex.words:
+            t0 = time.perf_counter()
+            ids_to_sql(talk.ask(words), vocab, schemas[ex.db_id])
+            out.append(time.perf_counter() - t0)
     return out
 
 

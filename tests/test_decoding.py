@@ -162,3 +162,26 @@ def test_evaluate_on_the_shipped_tiny_data_reports_execution_accuracy(tmp_path):
     # the shipped databases make execution accuracy real; the model learned some turns exactly
     rows = [json.loads(l) for l in open(os.path.join(tr.run_dir, "predictions.jsonl"))]
     assert any(r_["exact_match"] for r_ in rows)
+
+
+def test_conversation_encodes_each_turn_once_and_predicts_as_a_fresh_pass(concert_data, concert_schema, tmp_path):
+    """predict's Conversation over a fine-tuned (not frozen) model: question n costs one encoder row,
+    not n + 1, and gives what decoding the whole conversation afresh gives."""
+    from text2sql.inference import Conversation
+    from text2sql.model import Example
+    from text2sql.train import table_units
+    tr = Trainer(cfg_for(concert_data, tmp_path, cache_dir=""), log=quiet, progress=False)
+    model = tr.model
+    assert not model.encoder.fixed
+    rows = []
+    forward = model.encoder.forward
+    model.encoder.forward = lambda utts, units: rows.append(len(utts)) or forward(utts, units)
+    questions = ["Show all singers.", "Which of them are older than 30?", "Sort them by age."]
+    talk = Conversation(model, concert_schema, beam=1, constrained=True)
+    asked = [talk.ask(q) for q in questions]
+    assert sum(rows) == 1 + len(questions)          # the pre-turn and each question, once
+    model.encoder.fix(False)
+    model._cache.clear()
+    ex = Example(db_id="concerts", unit_texts=concert_schema.unit_natural, words=talk.words,
+                 targets=[[] for _ in questions], table_units=table_units(concert_schema))
+    assert model.predict([ex], constrained=True)[0] == asked

@@ -41,32 +41,58 @@ def execute(db: str, sql: str, max_rows: int, timeout: float = 10.0):
         con.close()
 
 
+class Conversation:
+    """A trained parser in conversation over one schema: ``ask`` takes the next question and gives
+    its SQL (joint ids), seeing the earlier questions and the parser's own earlier SQL.
+
+    The model's weights cannot change here, so its encoder is marked frozen: each turn's encoding is
+    then computed once and kept, and a new question costs one encoder call whether the run was
+    trained with ``--fix_bert`` or fine-tuned (otherwise question n re-encodes all n turns). Earlier
+    turns are not decoded again either."""
+
+    def __init__(self, model, schema: Schema, beam: int = 1, constrained: bool = True):
+        from .train import table_units
+        self.model = model.eval()
+        self.model.encoder.fix()
+        self.schema, self.beam, self.constrained = schema, beam, constrained
+        self.tables = table_units(schema)
+        self.reset()
+
+    def reset(self):
+        """A new conversation (the kept encodings stay valid: same weights, same schema)."""
+        self.words: list[list[str]] = []
+        self.done: list[list[int]] = []
+
+    def ask(self, question: str | list[str]) -> list[int]:
+        """The next question (text, or words already tokenised) -> its SQL as joint ids."""
+        import torch
+        from .data import tokenize_utterance
+        from .model import Example
+        self.words.append(tokenize_utterance(question) if isinstance(question, str) else list(question))
+        ex = Example(db_id=self.schema.db_id, unit_texts=self.schema.unit_natural, words=list(self.words),
+                     targets=[[] for _ in self.words], table_units=self.tables)
+        with torch.no_grad():
+            self.done = self.model.predict([ex], beam=self.beam, constrained=self.constrained,
+                                           known=[self.done])[0]
+        return self.done[-1]
+
+
 def run(args) -> int:
     # torch and nltk load here, not when the CLI builds its parser: every command starts fast
-    import torch
-    from .data import tokenize_utterance
     from .decoding import ids_to_sql
-    from .model import Example
-    from .train import load_run, table_units
+    from .train import load_run
     schema = load_schema(args)
     model, cfg, vocab = load_run(args.run, device=args.device)
-    model.eval()
-    torch.set_grad_enabled(False)
+    talk = Conversation(model, schema, beam=args.beam, constrained=not args.no_constraints)
     stream = open(args.input, encoding="utf-8") if args.input else sys.stdin
-    words: list[list[str]] = []
-    done: list[list[int]] = []    # this conversation's predictions so far: not decoded again
     for line in stream:
         question = line.strip()
         if not question:
-            words, done = [], []   # a blank line ends the conversation
+            talk.reset()   # a blank line ends the conversation
             continue
-        words.append(tokenize_utterance(question))
-        ex = Example(db_id=schema.db_id, unit_texts=schema.unit_natural, words=list(words),
-                     targets=[[] for _ in words], table_units=table_units(schema))
-        preds = model.predict([ex], beam=args.beam, constrained=not args.no_constraints, known=[done])[0]
-        done = preds
-        sql, _, problem = ids_to_sql(preds[-1], vocab, schema)
-        print(f"[{len(words)}] {question}")
+        ids = talk.ask(question)
+        sql, _, problem = ids_to_sql(ids, vocab, schema)
+        print(f"[{len(talk.words)}] {question}")
         print(sql)
         if problem:
             print(f"  (not a well-formed query: {problem})")
