@@ -173,6 +173,39 @@ def test_resume_equals_uninterrupted_run(concert_data, tmp_path):
     assert strip(la) == strip(lb)
 
 
+def _train_args(argv):
+    import argparse
+    from text2sql.config import add_train_command, config_from_args
+    parser = argparse.ArgumentParser()
+    add_train_command(parser.add_subparsers())
+    return config_from_args(parser.parse_args(["train"] + argv))
+
+
+def test_resume_keeps_saved_values_of_flags_not_given(concert_data, tmp_path):
+    """`train --resume DIR` alone continues the run as it was: not with the defaults (30 epochs,
+    lr 1e-3) of the flags left out."""
+    half = Trainer(cfg_for(concert_data, tmp_path / "b", epochs=1), log=quiet, progress=False).run()
+    cfg = _train_args(["--resume", half.run_dir])
+    assert cfg.given == {"resume"} and cfg.epochs == 30
+    tr = Trainer(cfg, log=quiet, progress=False)
+    assert (tr.cfg.epochs, tr.cfg.lr) == (1, 2e-3)
+    assert not os.path.exists(os.path.join(half.run_dir, "resumes.jsonl"))
+
+
+def test_resume_with_a_lower_learning_rate_uses_and_records_it(concert_data, tmp_path):
+    half = Trainer(cfg_for(concert_data, tmp_path / "b", epochs=1), log=quiet, progress=False).run()
+    tr = Trainer(_train_args(["--resume", half.run_dir, "--epochs", "2", "--lr", "5e-4"]), log=quiet,
+                 progress=False)
+    assert [g["lr"] for g in tr.opt.param_groups if g["name"] == "rest"] == [5e-4]
+    before = {n: p.detach().clone() for n, p in tr.model.named_parameters()}
+    tr.run()
+    assert tr.epoch == 2 and any(not torch.equal(before[n], p) for n, p in tr.model.named_parameters())
+    rows = [json.loads(l) for l in open(os.path.join(half.run_dir, "resumes.jsonl"))]
+    assert rows == [{"after_epoch": 1, "step": rows[0]["step"],
+                     "changed": {"epochs": [1, 2], "lr": [2e-3, 5e-4]}}]
+    assert TrainConfig.load(half.run_dir).lr == 5e-4
+
+
 def test_non_finite_guard_names_the_module(concert_data, tmp_path):
     tr = Trainer(cfg_for(concert_data, tmp_path), log=quiet, progress=False)
     with torch.no_grad():

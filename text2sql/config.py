@@ -15,9 +15,10 @@ def _f(default, help, **kw):
     return field(default=default, metadata={"help": help, **kw})
 
 
-# what a resumed run may change: how long and where it runs, and how it computes the same thing;
-# what it trains stays the saved run's
-RESUME_MAY_CHANGE = ("epochs", "device", "amp", "max_steps", "grad_checkpointing")
+# what a resumed run may change: how long and where it runs, how it computes the same thing, and
+# its learning rates (a decay by hand, as EditSQL's runs decay theirs on a plateau); the model and
+# the data stay the saved run's. Each change is recorded in the run's resumes.jsonl.
+RESUME_MAY_CHANGE = ("epochs", "device", "amp", "max_steps", "grad_checkpointing", "lr", "lr_bert")
 
 
 @dataclass
@@ -79,7 +80,8 @@ class TrainConfig:
     eval_every: int = _f(1, "evaluate every N epochs")
     train_eval_size: int = _f(200, "training interactions evaluated each time (0: all)")
     resume: str | None = _f(None, "continue the run in RUN_DIR from its last.pt, with its saved config "
-                                  "(only " + ", ".join(f"--{k}" for k in RESUME_MAY_CHANGE) + " may change)")
+                                  "(only " + ", ".join(f"--{k}" for k in RESUME_MAY_CHANGE) + " may change, "
+                                  "where given)")
     logdir: str = _f("logs", "where run folders go")
     note: str = _f("", "a note for this run (shown by later tools)")
     run_dir: str | None = _f(None, "write this run here instead of logs/<Mon DD_HH-MM-SS>_<host>/")
@@ -104,21 +106,27 @@ class TrainConfig:
 
 
 def add_config_args(parser: argparse.ArgumentParser, cls=TrainConfig):
+    # a flag not given stays out of the namespace (SUPPRESS), so config_from_args knows which ones
+    # the user gave: --resume must keep the saved run's values for the others, not the defaults
     for f in fields(cls):
         meta = dict(f.metadata)
         help_ = meta.pop("help", "")
         default = f.default if f.default is not MISSING else None
         if f.type in ("bool", bool):
-            parser.add_argument(f"--{f.name}", action="store_true", default=default, help=help_)
+            parser.add_argument(f"--{f.name}", action="store_true", default=argparse.SUPPRESS, help=help_)
             continue
         typ = {"int": int, "float": float, "str": str}.get(
             f.type.replace(" | None", "") if isinstance(f.type, str) else "str", str)
-        parser.add_argument(f"--{f.name}", type=typ, default=default, help=f"{help_} (default: {default})",
-                            **meta)
+        parser.add_argument(f"--{f.name}", type=typ, default=argparse.SUPPRESS,
+                            help=f"{help_} (default: {default})", **meta)
 
 
 def config_from_args(args, cls=TrainConfig):
-    return cls(**{f.name: getattr(args, f.name) for f in fields(cls)})
+    """The config of the flags given (defaults for the rest); ``cfg.given`` names the flags given."""
+    given = {f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)}
+    cfg = cls(**given)
+    cfg.given = frozenset(given)
+    return cfg
 
 
 def add_train_command(sub):

@@ -294,10 +294,17 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, log=print, progress: bool = True):
         from .distributed import setup
         resume_dir = cfg.resume
+        changed = {}
         if resume_dir:
             saved = TrainConfig.load(resume_dir)
+            # from the command line, the flags given; from Python, the values off their defaults
+            given = getattr(cfg, "given", None)
             for k in RESUME_MAY_CHANGE:
-                setattr(saved, k, getattr(cfg, k))
+                new = getattr(cfg, k)
+                if (k in given) if given is not None else new != TrainConfig.__dataclass_fields__[k].default:
+                    if new != getattr(saved, k):
+                        changed[k] = [getattr(saved, k), new]
+                    setattr(saved, k, new)
             saved.resume = resume_dir
             cfg = saved
         self.dist, cfg.device = setup(cfg.device)
@@ -339,7 +346,17 @@ class Trainer:
             self.epoch, self.step, self.best = ck["epoch"], ck["step"], ck["best"]
             self.skipped, self.elapsed = ck.get("skipped", 0), ck.get("elapsed", 0.0)
             set_rng_state(ck["rng"])
-            log(f"resumed {resume_dir} after epoch {self.epoch} (step {self.step})")
+            # the optimiser's saved state holds the old learning rates: a changed one replaces them
+            lrs = {"rest": cfg.lr, "bert": cfg.lr_bert}
+            for g in self.opt.param_groups:
+                g["lr"] = lrs[g["name"]] * self.sched.lr_lambdas[0](self.sched.last_epoch)
+            self.sched.base_lrs = [lrs[g["name"]] for g in self.opt.param_groups]
+            log(f"resumed {resume_dir} after epoch {self.epoch} (step {self.step})"
+                + "".join(f"; {k} {a} -> {b}" for k, (a, b) in changed.items()))
+            if changed and self.dist.main:
+                with open(os.path.join(resume_dir, "resumes.jsonl"), "a") as f:
+                    f.write(json.dumps({"after_epoch": self.epoch, "step": self.step, "changed": changed}) + "\n")
+                cfg.save(resume_dir)
         if self.dist.main:
             from tensorboardX import SummaryWriter
             self.writer = SummaryWriter(self.run_dir)
