@@ -342,3 +342,21 @@ def test_a_flag_added_later_counts_as_its_default_in_the_config_diff(tmp_path):
     cfg["amp"] = True
     (tmp_path / "new" / "config.json").write_text(json.dumps(cfg))
     assert config_diff([load_run(str(tmp_path / n)) for n in ("old", "new")]) == ["amp", "max_turn"]
+
+
+def test_compare_shows_what_a_resume_changed(logdir, tmp_path, capsys):
+    from text2sql import train
+    run = tmp_path / "decayed"
+    shutil.copytree(logdir / "mt1", run)
+    train.Trainer(TrainConfig(resume=str(run), epochs=3, lr=5e-4), log=quiet, progress=False).run()
+    assert main(["compare", str(logdir / "mt1"), str(run), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    by_name = {s["name"]: s for s in out["runs"]}
+    assert by_name["decayed"]["resumed_with"] == "lr 0.002->0.0005 after epoch 2"
+    assert by_name["mt1"]["resumed_with"] == ""
+    assert main(["compare", str(logdir / "mt1"), str(run)]) == 0
+    line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("resumed with"))
+    assert "lr 0.002->0.0005 after epoch 2" in line
+    (run / "resumes.jsonl").write_text("{broken\n")
+    assert main(["compare", str(run), "--json"]) == 0
+    assert "corrupt: resumes.jsonl line 1" in json.loads(capsys.readouterr().out)["runs"][0]["problems"]

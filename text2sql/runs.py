@@ -42,6 +42,7 @@ class Run:
     status: dict | None = None
     problems: list = field(default_factory=list)
     started: float | None = None
+    resumes: list = field(default_factory=list)     # resumes.jsonl: what each resume changed
 
     @property
     def split(self) -> str:
@@ -142,7 +143,22 @@ def load_run(path: str) -> Run:
     run.rows = read_metrics(os.path.join(path, "metrics.jsonl"), run.problems)
     run.status = _read_json_object(os.path.join(path, "status.json"), "status.json", run.problems)
     run.started = start_time(path, names)
+    text = _read_text(os.path.join(path, "resumes.jsonl"), "resumes.jsonl", run.problems) or ""
+    for i, line in enumerate(text.splitlines(), 1):
+        try:
+            r = json.loads(line)
+            run.resumes.append({"after_epoch": int(r["after_epoch"]), "changed": dict(r["changed"])})
+        except (ValueError, KeyError, TypeError):
+            run.problems.append(f"corrupt: resumes.jsonl line {i}")
     return run
+
+
+def resumed_with(run: Run) -> str:
+    """What resuming changed beyond the epoch count, e.g. ``lr 0.0003->0.0001 after epoch 12``
+    (config.json holds the values after the last change)."""
+    parts = [f"{k} {_value(a)}->{_value(b)} after epoch {r['after_epoch']}"
+             for r in run.resumes for k, (a, b) in r["changed"].items() if k != "epochs"]
+    return "; ".join(parts)
 
 
 def looks_like_run(path: str) -> bool:
@@ -276,6 +292,7 @@ def summary(run: Run, diff_keys: list[str]) -> dict:
         "best": {k: _pair(best(run.rows, split, k)) for k in ACCURACIES},
         "last": {k: _pair(last(run.rows, split, k)) for k in ACCURACIES},
         "config": {k: cfg.get(k, "-") for k in diff_keys} if run.config is not None else None,
+        "resumed_with": resumed_with(run),
         "status": lifecycle(run), "problems": list(run.problems),
     }
 
@@ -438,6 +455,8 @@ def compare_table(summaries: list[dict], diff_keys: list[str], ref: Reference) -
     row("note", [s["note"] or "-" for s in summaries])
     for k in diff_keys:
         row(f"config {k}", [_value(s["config"][k]) if s["config"] is not None else "?" for s in summaries])
+    if any(s["resumed_with"] for s in summaries):
+        row("resumed with", [s["resumed_with"] or "-" for s in summaries])
     row("status", [status_cell(s) for s in summaries])
     row("epochs", [f"{s['epochs_done']}/{s['epochs']}" for s in summaries],
         str(max(r["epoch"] for r in ref.rows)) if ref.rows else "")
