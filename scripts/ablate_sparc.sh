@@ -27,9 +27,11 @@ declare -A KNOB=(
   [batch4]="--batch_size 4"
   [per_step_key_init]="--loss_weighting per_step --key_init"
   [per_step_lr3e-4]="--loss_weighting per_step --lr 3e-4"
+  [lr3e-4_dropout0.3]="--lr 3e-4 --dropout 0.3"
+  [lr3e-4_batch8]="--lr 3e-4 --batch_size 8"
 )
 ORDER=(base with_from key_init max_turn1 lr3e-4 warmup200 per_step max_turn2 batch4 per_step_key_init
-       per_step_lr3e-4)
+       per_step_lr3e-4 lr3e-4_dropout0.3 lr3e-4_batch8)
 NAMES=("$@")
 [ ${#NAMES[@]} -eq 0 ] && NAMES=("${ORDER[@]}")
 
