@@ -301,9 +301,9 @@ class Trainer:
             given = getattr(cfg, "given", None)
             for k in RESUME_MAY_CHANGE:
                 new = getattr(cfg, k)
-                if (k in given) if given is not None else new != TrainConfig.__dataclass_fields__[k].default:
-                    if new != getattr(saved, k):
-                        changed[k] = [getattr(saved, k), new]
+                asked = k in given if given is not None else new != TrainConfig.__dataclass_fields__[k].default
+                if asked and new != getattr(saved, k):
+                    changed[k] = [getattr(saved, k), new]
                     setattr(saved, k, new)
             saved.resume = resume_dir
             cfg = saved
