@@ -65,15 +65,14 @@ class Conversation:
 
     def ask(self, question: str | list[str]) -> list[int]:
         """The next question (text, or words already tokenised) -> its SQL as joint ids."""
-        import torch
         from .data import tokenize_utterance
         from .model import Example
         self.words.append(tokenize_utterance(question) if isinstance(question, str) else list(question))
         ex = Example(db_id=self.schema.db_id, unit_texts=self.schema.unit_natural, words=list(self.words),
                      targets=[[] for _ in self.words], table_units=self.tables)
-        with torch.no_grad():
-            self.done = self.model.predict([ex], beam=self.beam, constrained=self.constrained,
-                                           known=[self.done])[0]
+        # predict runs without gradients itself
+        self.done = self.model.predict([ex], beam=self.beam, constrained=self.constrained,
+                                       known=[self.done])[0]
         return self.done[-1]
 
 

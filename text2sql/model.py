@@ -172,14 +172,14 @@ class Text2SQL(nn.Module):
         first = {}
         for i, k in enumerate(keys):
             first.setdefault(k, i)              # the pre-turn repeats within a batch: encode it once
-        cache = self._cache if self.memoise else {}
+        cache, disk = (self._cache, self.disk_cache) if self.memoise else ({}, None)
         todo = [i for k, i in first.items() if k not in cache]
         disk_keys = {}
-        if todo and self.disk_cache is not None and self.memoise:
+        if todo and disk is not None:
             disk_keys = {i: entry_key(db_ids[i], utterances[i], schemas[i]) for i in todo}
             left = []
             for i in todo:
-                hit = self.disk_cache.get(disk_keys[i], len(utterances[i]), len(schemas[i]))
+                hit = disk.get(disk_keys[i], len(utterances[i]), len(schemas[i]))
                 if hit is None:
                     left.append(i)
                 else:
@@ -192,8 +192,8 @@ class Text2SQL(nn.Module):
             for j, i in enumerate(todo):
                 nw, nu = n_words[j], n_units[j]
                 cache[keys[i]] = (out.utterance[j, :nw].detach(), out.units[j, :nu].detach())
-                if disk_keys:
-                    self.disk_cache.put(disk_keys[i], *cache[keys[i]])
+                if disk is not None:
+                    disk.put(disk_keys[i], *cache[keys[i]])
         rows = [cache[k] for k in keys]
         dev = rows[0][1].device
         pad = nn.utils.rnn.pad_sequence

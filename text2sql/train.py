@@ -347,10 +347,9 @@ class Trainer:
             self.skipped, self.elapsed = ck.get("skipped", 0), ck.get("elapsed", 0.0)
             set_rng_state(ck["rng"])
             # the optimiser's saved state holds the old learning rates: a changed one replaces them
-            lrs = {"rest": cfg.lr, "bert": cfg.lr_bert}
-            for g in self.opt.param_groups:
-                g["lr"] = lrs[g["name"]] * self.sched.lr_lambdas[0](self.sched.last_epoch)
-            self.sched.base_lrs = [lrs[g["name"]] for g in self.opt.param_groups]
+            self.sched.base_lrs = [{"rest": cfg.lr, "bert": cfg.lr_bert}[g["name"]] for g in self.opt.param_groups]
+            for g, base in zip(self.opt.param_groups, self.sched.base_lrs):
+                g["lr"] = base * self.sched.lr_lambdas[0](self.sched.last_epoch)
             log(f"resumed {resume_dir} after epoch {self.epoch} (step {self.step})"
                 + "".join(f"; {k} {a} -> {b}" for k, (a, b) in changed.items()))
             if changed and self.dist.main:
