@@ -29,9 +29,11 @@ declare -A KNOB=(
   [per_step_lr3e-4]="--loss_weighting per_step --lr 3e-4"
   [lr3e-4_dropout0.3]="--lr 3e-4 --dropout 0.3"
   [lr3e-4_batch8]="--lr 3e-4 --batch_size 8"
+  [lr3e-4_utterance_rnn]="--lr 3e-4 --utterance_rnn"
+  [lr3e-4_utterance_rnn_dropout0.3]="--lr 3e-4 --utterance_rnn --dropout 0.3"
 )
 ORDER=(base with_from key_init max_turn1 lr3e-4 warmup200 per_step max_turn2 batch4 per_step_key_init
-       per_step_lr3e-4 lr3e-4_dropout0.3 lr3e-4_batch8)
+       per_step_lr3e-4 lr3e-4_dropout0.3 lr3e-4_batch8 lr3e-4_utterance_rnn lr3e-4_utterance_rnn_dropout0.3)
 NAMES=("$@")
 [ ${#NAMES[@]} -eq 0 ] && NAMES=("${ORDER[@]}")
 

@@ -94,6 +94,25 @@ def test_shapes_and_every_module_gets_gradient(concert_data, tmp_path):
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.encoder.bert.parameters())
 
 
+def test_utterance_rnn_learns_over_a_frozen_encoder_and_changes_what_the_decoder_reads(concert_data, tmp_path):
+    tr = Trainer(cfg_for(concert_data, tmp_path, utterance_rnn=True, fix_bert=True), log=quiet, progress=False)
+    model = tr.model
+    batch = tr.train_ex[:2]
+    ctx = model.contextualise(batch)
+    # the layer is residual: switched off, the decoder's tokens are the ones before it
+    rnn, model.utt_rnn = model.utt_rnn, None
+    plain = model.contextualise(batch)
+    model.utt_rnn = rnn
+    m = ctx["utt_mask"]
+    assert not torch.allclose(ctx["utt"][m], plain["utt"][m], atol=1e-4)
+    assert torch.equal(ctx["utt"][~m], torch.zeros_like(ctx["utt"][~m]))      # padding stays zero
+    tr.train_step(batch, Meter(len(tr.vocab)))
+    grads = [p.grad for p in model.utt_rnn.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() and g.abs().sum() > 0 for g in grads)
+    assert all(p.grad is None for p in model.encoder.parameters())
+    assert all(module_of(n) == "attention" for n, _ in model.named_parameters() if n.startswith("utt_rnn"))
+
+
 def test_gradient_of_a_late_turn_reaches_the_first_turn(concert_data, tmp_path):
     tr = Trainer(cfg_for(concert_data, tmp_path), log=quiet, progress=False)
     model = tr.model

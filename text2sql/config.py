@@ -45,6 +45,9 @@ class TrainConfig:
     key_init: bool = _f(False, "initialise keyword embeddings from BERT's embeddings of their text")
     unit_mask: bool = _f(False, "utterance-level mask: a relevance head drops DB units unrelated to the turn "
                                 "when decoding")
+    utterance_rnn: bool = _f(False, "a BiLSTM over each turn's utterance tokens (with the history added) before the "
+                                    "decoder reads them, as EditSQL's utterance encoder; trainable even "
+                                    "with --fix_bert")
     fix_bert: bool = _f(False, "freeze the encoder (its outputs are then computed once and cached)")
     bert_attention_dropout: float | None = _f(None, "dropout on BERT's attention weights (default: the checkpoint's, "
                                                     "0.1 for MiniLM). 0 lets PyTorch use its fused attention "

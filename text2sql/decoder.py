@@ -58,6 +58,13 @@ class PreviousQueryEncoder(nn.Module):
         return out * mask.unsqueeze(-1).to(out.dtype)
 
 
+class UtteranceRNN(PreviousQueryEncoder):
+    """A BiLSTM over a turn's utterance tokens, H wide in and out (H/2 each way; H even)."""
+
+    def __init__(self, dim: int):
+        super().__init__(dim, dim)
+
+
 class Decoder(nn.Module):
     def __init__(self, dim: int, hidden: int, n_keywords: int, state_size: int, prev_size: int,
                  dropout: float = 0.0):

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from .attention import UtteranceDBAttention
-from .decoder import NEG, Decoder, DecoderMemory, PreviousQueryEncoder
+from .decoder import NEG, Decoder, DecoderMemory, PreviousQueryEncoder, UtteranceRNN
 from .encoder import SchemaEncoder
 from .encoder_cache import entry_key
 from .tensors import to_device
@@ -39,7 +39,7 @@ def module_of(param_name: str) -> str:
         return "encoder"
     if head == "attention":
         return "attention"
-    if head == "link":
+    if head in ("link", "utt_rnn"):      # trainable layers over the encoder's outputs
         return "attention"
     if head in ("summary", "turn_rnn", "history"):
         return "turn_rnn"
@@ -115,7 +115,7 @@ class ModelOutput:
 class Text2SQL(nn.Module):
     def __init__(self, encoder: SchemaEncoder, vocab: Vocab, decoder_size: int = 300,
                  turn_size: int = 300, max_turn: int = 5, dropout: float = 0.1,
-                 unit_mask: bool = False):
+                 unit_mask: bool = False, utterance_rnn: bool = False):
         super().__init__()
         H = encoder.hidden_size
         self.vocab = vocab
@@ -134,6 +134,9 @@ class Text2SQL(nn.Module):
         self.relevance = nn.Linear(H, 1) if unit_mask else None
         # schema linking: how much of a unit's table and column names the utterance mentions
         self.link = nn.Linear(2, H)
+        # EditSQL's utterance BiLSTM over BERT's outputs: with a frozen encoder, the only
+        # trainable layer that reads each turn's words in order
+        self.utt_rnn = UtteranceRNN(H) if utterance_rnn else None
         self._cache: dict = {}
         self.disk_cache = None      # an EncoderCache, for a frozen encoder (see train.build_model)
         # False: a frozen encoder runs again on every call, as EditSQL's does (the baseline of
@@ -236,14 +239,20 @@ class Text2SQL(nn.Module):
         hist = hist.reshape(B * T, -1)[flat_t]                                 # [Nt, S]
         state = state.reshape(B * T, -1)[flat_t]                               # [Nt, S]
         rows_t = turn_rows_t.reshape(-1)[flat_t]                               # [Nt] rows of real turns
-        utt_t = utt[rows_t] + self.history(hist).unsqueeze(1)                  # [Nt, W, H]
-        utt_t = utt_t * utt_mask[rows_t].unsqueeze(-1)
         return {
-            "utt": utt_t, "utt_mask": utt_mask[rows_t],
+            "utt": self.turn_tokens(utt[rows_t], utt_mask[rows_t], hist), "utt_mask": utt_mask[rows_t],
             "units": units[rows_t], "unit_mask": unit_mask[rows_t],
             # the decoder starts from the history and this turn's state together
             "state": torch.cat([hist, state], -1),                             # [Nt, 2S]
         }
+
+    def turn_tokens(self, utt, utt_mask, hist):
+        """The tokens the decoder attends over: utt [Nt, W, H] with the history hist [Nt, S] added
+        to every token, then (``--utterance_rnn``) read in order by the BiLSTM, residually."""
+        utt = (utt + self.history(hist).unsqueeze(1)) * utt_mask.unsqueeze(-1)   # [Nt, W, H]
+        if self.utt_rnn is not None:
+            utt = utt + self.utt_rnn(self.drop(utt), utt_mask)
+        return utt
 
     def relevance_scores(self, units: torch.Tensor) -> torch.Tensor:
         return self.relevance(units).squeeze(-1)                         # [Nt, U]
@@ -311,8 +320,7 @@ class Text2SQL(nn.Module):
                 # --max_turn then lives in one place, TurnRNN.forward
                 hist, state = self.turn_rnn(pre, torch.stack(summaries, 1), self.max_turn)
                 hist, state = hist[:, -1], state[:, -1]                           # [1, S]
-                ctx = {"utt": (utt + self.history(hist).unsqueeze(1)) * utt_mask.unsqueeze(-1),
-                       "utt_mask": utt_mask, "units": units, "unit_mask": unit_mask}
+                ctx = {"utt": self.turn_tokens(utt, utt_mask, hist), "utt_mask": utt_mask, "units": units, "unit_mask": unit_mask}
                 prev = ex.targets[t - 1][:-1] if t > 0 and self.max_turn > 1 else []
                 mem = self.memory(ctx, [prev])
                 tgt, mask = pad_ids([ex.targets[t]], utt.device)                  # [1, L]
