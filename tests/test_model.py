@@ -113,6 +113,37 @@ def test_utterance_rnn_learns_over_a_frozen_encoder_and_changes_what_the_decoder
     assert all(module_of(n) == "attention" for n, _ in model.named_parameters() if n.startswith("utt_rnn"))
 
 
+def test_previous_utterances_lay_earlier_turns_words_beside_this_turns(concert_data, tmp_path):
+    tr = Trainer(cfg_for(concert_data, tmp_path, previous_utterances=2, max_turn=3, fix_bert=True),
+                 log=quiet, progress=False)
+    model = tr.model.eval()
+    batch = [ex for ex in tr.train_ex if len(ex) >= 3][:2]
+    with torch.no_grad():
+        ctx = model.contextualise(batch)
+        model.utt_distance, dist = None, model.utt_distance
+        plain = model.contextualise(batch)                  # this turn's tokens alone
+        model.utt_distance = dist
+    W = plain["utt"].shape[1]
+    assert ctx["utt"].shape[1] == 3 * W
+    e = dist.weight
+    for t in range(3):                                      # the first interaction's turns
+        blocks = ctx["utt"][t].view(3, W, -1)
+        masks = ctx["utt_mask"][t].view(3, W)
+        for d in range(3):
+            if t - d < 0:                                   # before turn 1: nothing to read
+                assert not masks[d].any() and not blocks[d].any()
+                continue
+            m = plain["utt_mask"][t - d]
+            assert torch.equal(masks[d], m)
+            assert torch.allclose(blocks[d][m], plain["utt"][t - d][m] + e[d], atol=1e-6)
+    # trained, the distance embedding gets gradient; --max_turn 1 leaves no earlier turn to read
+    model.train()
+    tr.train_step(batch, Meter(len(tr.vocab)))
+    assert dist.weight.grad is not None and dist.weight.grad[1].abs().sum() > 0
+    model.max_turn = 1
+    assert model.contextualise(batch)["utt"].shape[1] == W
+
+
 def test_gradient_of_a_late_turn_reaches_the_first_turn(concert_data, tmp_path):
     tr = Trainer(cfg_for(concert_data, tmp_path), log=quiet, progress=False)
     model = tr.model

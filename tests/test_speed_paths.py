@@ -36,9 +36,12 @@ def real_part(a, b, mask):
     return a[keep], b[keep]
 
 
-@pytest.mark.parametrize("max_turn,utterance_rnn", [(1, False), (2, False), (5, False), (3, True)])
-def test_batched_equals_one_interaction_and_one_turn_at_a_time(tmp_path, max_turn, utterance_rnn):
-    tr = tiny_trainer(tmp_path, max_turn=max_turn, utterance_rnn=utterance_rnn)
+@pytest.mark.parametrize("max_turn,utterance_rnn,previous_utterances",
+                         [(1, False, 0), (2, False, 0), (5, False, 0), (3, True, 0), (5, True, 2), (2, False, 3)])
+def test_batched_equals_one_interaction_and_one_turn_at_a_time(tmp_path, max_turn, utterance_rnn,
+                                                               previous_utterances):
+    tr = tiny_trainer(tmp_path, max_turn=max_turn, utterance_rnn=utterance_rnn,
+                      previous_utterances=previous_utterances)
     model = tr.model.eval()
     # interactions of 1 to 4 turns, on two databases with schemas of different sizes
     ex = tr.train_ex[:6] + tr.valid_ex[:3]

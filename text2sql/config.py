@@ -48,6 +48,9 @@ class TrainConfig:
     utterance_rnn: bool = _f(False, "a BiLSTM over each turn's utterance tokens (with the history added) before the "
                                     "decoder reads them, as EditSQL's utterance encoder; trainable even "
                                     "with --fix_bert")
+    previous_utterances: int = _f(0, "the decoder also attends over the words of the last N earlier turns "
+                                     "(at most --max_turn - 1), each marked by a learnt turn-distance "
+                                     "embedding, as EditSQL's --maximum_utterances")
     fix_bert: bool = _f(False, "freeze the encoder (its outputs are then computed once and cached)")
     bert_attention_dropout: float | None = _f(None, "dropout on BERT's attention weights (default: the checkpoint's, "
                                                     "0.1 for MiniLM). 0 lets PyTorch use its fused attention "

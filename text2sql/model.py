@@ -115,7 +115,7 @@ class ModelOutput:
 class Text2SQL(nn.Module):
     def __init__(self, encoder: SchemaEncoder, vocab: Vocab, decoder_size: int = 300,
                  turn_size: int = 300, max_turn: int = 5, dropout: float = 0.1,
-                 unit_mask: bool = False, utterance_rnn: bool = False):
+                 unit_mask: bool = False, utterance_rnn: bool = False, previous_utterances: int = 0):
         super().__init__()
         H = encoder.hidden_size
         self.vocab = vocab
@@ -137,6 +137,13 @@ class Text2SQL(nn.Module):
         # EditSQL's utterance BiLSTM over BERT's outputs: with a frozen encoder, the only
         # trainable layer that reads each turn's words in order
         self.utt_rnn = UtteranceRNN(H) if utterance_rnn else None
+        # EditSQL's decoder also reads the words of earlier turns ("maximum_utterances"), each
+        # marked by how many turns back it was said (0: this turn)
+        self.previous_utterances = previous_utterances
+        self.utt_distance = None
+        if previous_utterances > 0:
+            self.utt_distance = nn.Embedding(previous_utterances + 1, H)
+            nn.init.normal_(self.utt_distance.weight, std=0.1)
         self._cache: dict = {}
         self.disk_cache = None      # an EncoderCache, for a frozen encoder (see train.build_model)
         # False: a frozen encoder runs again on every call, as EditSQL's does (the baseline of
@@ -239,8 +246,11 @@ class Text2SQL(nn.Module):
         hist = hist.reshape(B * T, -1)[flat_t]                                 # [Nt, S]
         state = state.reshape(B * T, -1)[flat_t]                               # [Nt, S]
         rows_t = turn_rows_t.reshape(-1)[flat_t]                               # [Nt] rows of real turns
+        utt_t, utt_mask_t = self.turn_tokens(utt[rows_t], utt_mask[rows_t], hist), utt_mask[rows_t]
+        if self.utt_distance is not None:
+            utt_t, utt_mask_t = self.with_previous_utterances(utt_t, utt_mask_t, [len(ex) for ex in examples])
         return {
-            "utt": self.turn_tokens(utt[rows_t], utt_mask[rows_t], hist), "utt_mask": utt_mask[rows_t],
+            "utt": utt_t, "utt_mask": utt_mask_t,
             "units": units[rows_t], "unit_mask": unit_mask[rows_t],
             # the decoder starts from the history and this turn's state together
             "state": torch.cat([hist, state], -1),                             # [Nt, 2S]
@@ -253,6 +263,29 @@ class Text2SQL(nn.Module):
         if self.utt_rnn is not None:
             utt = utt + self.utt_rnn(self.drop(utt), utt_mask)
         return utt
+
+    def utterance_window(self) -> int:
+        """How many earlier turns' words the decoder reads: --previous_utterances, within --max_turn."""
+        return min(self.previous_utterances, max(self.max_turn, 1) - 1)
+
+    def with_previous_utterances(self, utt, utt_mask, lengths: list[int]):
+        """Each turn's tokens followed by those of its k earlier turns, every token plus the
+        embedding of its distance: utt [Nt, W, H], utt_mask [Nt, W] (turns of interactions of
+        ``lengths`` turns, in order) -> [Nt, (k+1) W, H], [Nt, (k+1) W]. A first turn's missing
+        predecessors are masked padding (zeros)."""
+        k = self.utterance_window()
+        Nt, W, H = utt.shape
+        src, start = [], 0            # src[i][d]: the row of turn i's d-th predecessor, Nt if none
+        for n in lengths:
+            src += [[start + t - d if t - d >= 0 else Nt for d in range(k + 1)] for t in range(n)]
+            start += n
+        src_t = to_device(src, torch.long, utt.device)                              # [Nt, k+1]
+        utt_z = torch.cat([utt, utt.new_zeros(1, W, H)])                            # [Nt+1, W, H]
+        mask_z = torch.cat([utt_mask, utt_mask.new_zeros(1, W)])                    # [Nt+1, W]
+        mask = mask_z[src_t]                                                        # [Nt, k+1, W]
+        tokens = utt_z[src_t] + self.utt_distance.weight[:k + 1].view(1, k + 1, 1, H)  # [Nt, k+1, W, H]
+        tokens = tokens * mask.unsqueeze(-1).to(tokens.dtype)
+        return tokens.reshape(Nt, (k + 1) * W, H), mask.reshape(Nt, (k + 1) * W)
 
     def relevance_scores(self, units: torch.Tensor) -> torch.Tensor:
         return self.relevance(units).squeeze(-1)                         # [Nt, U]
@@ -312,7 +345,7 @@ class Text2SQL(nn.Module):
         logps, targets, masks, turn_index = [], [], [], []
         for ex in examples:
             pre = self.encode_rows(self.rows_of([ex])[:1])[-1]                  # [1, S]
-            summaries = []
+            summaries, said = [], []
             for t, words in enumerate(ex.words):
                 utt, utt_mask, units, unit_mask, summary = self.encode_rows([(ex.db_id, words, ex.unit_texts)])
                 summaries.append(summary)
@@ -320,7 +353,16 @@ class Text2SQL(nn.Module):
                 # --max_turn then lives in one place, TurnRNN.forward
                 hist, state = self.turn_rnn(pre, torch.stack(summaries, 1), self.max_turn)
                 hist, state = hist[:, -1], state[:, -1]                           # [1, S]
-                ctx = {"utt": self.turn_tokens(utt, utt_mask, hist), "utt_mask": utt_mask, "units": units, "unit_mask": unit_mask}
+                tokens = self.turn_tokens(utt, utt_mask, hist)                   # [1, W_t, H]
+                said.append((tokens, utt_mask))
+                tok_mask = utt_mask
+                if self.utt_distance is not None:
+                    # this turn, then each earlier one, each with its own width
+                    parts = [(said[t - d][0] + self.utt_distance.weight[d] * said[t - d][1].unsqueeze(-1),
+                              said[t - d][1]) for d in range(min(t, self.utterance_window()) + 1)]
+                    tokens = torch.cat([p[0] for p in parts], 1)
+                    tok_mask = torch.cat([p[1] for p in parts], 1)
+                ctx = {"utt": tokens, "utt_mask": tok_mask, "units": units, "unit_mask": unit_mask}
                 prev = ex.targets[t - 1][:-1] if t > 0 and self.max_turn > 1 else []
                 mem = self.memory(ctx, [prev])
                 tgt, mask = pad_ids([ex.targets[t]], utt.device)                  # [1, L]
