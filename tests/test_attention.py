@@ -92,3 +92,24 @@ def test_utterance_db_attention_shapes_padding_and_pre_turn():
     assert torch.allclose(d_out2, d_out, atol=1e-6)
     (u_out.sum() + d_out.sum()).backward()
     assert torch.isfinite(utt.grad).all() and utt.grad[1, 2:].eq(0).all()
+
+
+def test_joint_layer_ignores_and_zeroes_padding():
+    from text2sql.attention import JointLayer
+    torch.manual_seed(0)
+    layer = JointLayer(32, head_dim=8).eval()
+    x = torch.randn(3, 7, 32)
+    mask = torch.tensor([[1, 1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0, 0], [0] * 7], dtype=torch.bool)
+    x = x * mask.unsqueeze(-1)
+    out = layer(x, mask)
+    assert torch.isfinite(out).all()
+    assert torch.equal(out[~mask], torch.zeros_like(out[~mask]))       # padding, and an all-padding row
+    # what sits in padding does not change real positions; real positions do change each other
+    y = x.clone()
+    y[1, 3:] = 5.0
+    assert torch.allclose(layer(y, mask)[1, :3], out[1, :3], atol=1e-6)
+    z = x.clone()
+    z[1, 2] = torch.randn(32)          # (a constant shift would vanish in the LayerNorm)
+    assert not torch.allclose(layer(z, mask)[1, :2], out[1, :2], atol=1e-4)
+    out.sum().backward()
+    assert all(torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0 for p in layer.parameters())

@@ -95,7 +95,8 @@ def test_shapes_and_every_module_gets_gradient(concert_data, tmp_path):
 
 
 def test_utterance_rnn_learns_over_a_frozen_encoder_and_changes_what_the_decoder_reads(concert_data, tmp_path):
-    tr = Trainer(cfg_for(concert_data, tmp_path, utterance_rnn=True, fix_bert=True), log=quiet, progress=False)
+    tr = Trainer(cfg_for(concert_data, tmp_path, utterance_rnn=True, fix_bert=True, joint_layers=1),
+                 log=quiet, progress=False)
     model = tr.model
     batch = tr.train_ex[:2]
     ctx = model.contextualise(batch)
@@ -107,10 +108,12 @@ def test_utterance_rnn_learns_over_a_frozen_encoder_and_changes_what_the_decoder
     assert not torch.allclose(ctx["utt"][m], plain["utt"][m], atol=1e-4)
     assert torch.equal(ctx["utt"][~m], torch.zeros_like(ctx["utt"][~m]))      # padding stays zero
     tr.train_step(batch, Meter(len(tr.vocab)))
-    grads = [p.grad for p in model.utt_rnn.parameters()]
+    # both trainable layers over the frozen encoder learn: the BiLSTM and the joint layer
+    grads = [p.grad for p in list(model.utt_rnn.parameters()) + list(model.joint.parameters())]
     assert all(g is not None and torch.isfinite(g).all() and g.abs().sum() > 0 for g in grads)
     assert all(p.grad is None for p in model.encoder.parameters())
-    assert all(module_of(n) == "attention" for n, _ in model.named_parameters() if n.startswith("utt_rnn"))
+    assert all(module_of(n) == "attention" for n, _ in model.named_parameters()
+               if n.startswith(("utt_rnn", "joint")))
 
 
 def test_previous_utterances_lay_earlier_turns_words_beside_this_turns(concert_data, tmp_path):

@@ -36,12 +36,13 @@ def real_part(a, b, mask):
     return a[keep], b[keep]
 
 
-@pytest.mark.parametrize("max_turn,utterance_rnn,previous_utterances",
-                         [(1, False, 0), (2, False, 0), (5, False, 0), (3, True, 0), (5, True, 2), (2, False, 3)])
+@pytest.mark.parametrize("max_turn,utterance_rnn,previous_utterances,joint_layers",
+                         [(1, False, 0, 0), (2, False, 0, 0), (5, False, 0, 0), (3, True, 0, 0),
+                          (5, True, 2, 0), (2, False, 3, 0), (3, False, 0, 2)])
 def test_batched_equals_one_interaction_and_one_turn_at_a_time(tmp_path, max_turn, utterance_rnn,
-                                                               previous_utterances):
+                                                               previous_utterances, joint_layers):
     tr = tiny_trainer(tmp_path, max_turn=max_turn, utterance_rnn=utterance_rnn,
-                      previous_utterances=previous_utterances)
+                      previous_utterances=previous_utterances, joint_layers=joint_layers)
     model = tr.model.eval()
     # interactions of 1 to 4 turns, on two databases with schemas of different sizes
     ex = tr.train_ex[:6] + tr.valid_ex[:3]

@@ -72,3 +72,40 @@ class UtteranceDBAttention(nn.Module):
         utt_out = utt_out * utt_mask.unsqueeze(-1).to(utt_out.dtype)
         units_out = units_out * unit_mask.unsqueeze(-1).to(units_out.dtype)
         return utt_out, units_out
+
+
+class JointLayer(nn.Module):
+    """A trainable Transformer block over one turn's utterance tokens and DB units together
+    (pre-norm: x + attn(LN x), then x + ff(LN x)).
+
+    With a frozen encoder, BERT's own layers cannot learn which words name which columns; a few
+    of these on top can (RAT-SQL's encoder, without its relations). Masked as everywhere here:
+    padding is neither attended to nor changed, and stays exactly zero.
+    """
+
+    def __init__(self, dim: int, dropout: float = 0.0, head_dim: int = 64):
+        super().__init__()
+        self.heads = max(1, dim // head_dim)
+        assert dim % self.heads == 0, f"width {dim} does not split into {self.heads} heads"
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.out = nn.Linear(dim, dim)
+        self.ff = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
+        self.norm1 = nn.LayerNorm(dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.drop = nn.Dropout(dropout)
+        # start near the identity: the layer then first passes the encoder's vectors through, and
+        # the layers after it train as they would without it (at full scale it slowed them down)
+        for lin in (self.out, self.ff[-1]):
+            nn.init.normal_(lin.weight, std=0.02)
+            nn.init.zeros_(lin.bias)
+
+    def forward(self, x, mask):
+        # x [B, L, D], mask [B, L] bool -> [B, L, D]
+        B, L, D = x.shape
+        q, k, v = self.qkv(self.norm1(x)).view(B, L, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
+        scores = q @ k.transpose(-1, -2) / (D // self.heads) ** 0.5              # [B, heads, L, L]
+        weights = masked_softmax(scores, mask[:, None, None, :])
+        ctx = (weights @ v).transpose(1, 2).reshape(B, L, D)                      # [B, L, D]
+        x = x + self.drop(self.out(ctx))
+        x = x + self.drop(self.ff(self.norm2(x)))
+        return x * mask.unsqueeze(-1).to(x.dtype)

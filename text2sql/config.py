@@ -51,6 +51,9 @@ class TrainConfig:
     previous_utterances: int = _f(0, "the decoder also attends over the words of the last N earlier turns "
                                      "(at most --max_turn - 1), each marked by a learnt turn-distance "
                                      "embedding, as EditSQL's --maximum_utterances")
+    joint_layers: int = _f(0, "trainable Transformer layers over each turn's utterance tokens and DB units "
+                              "together, between the encoder and the utterance-DB attention (they learn "
+                              "schema linking even with --fix_bert)")
     fix_bert: bool = _f(False, "freeze the encoder (its outputs are then computed once and cached)")
     bert_attention_dropout: float | None = _f(None, "dropout on BERT's attention weights (default: the checkpoint's, "
                                                     "0.1 for MiniLM). 0 lets PyTorch use its fused attention "

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .attention import UtteranceDBAttention
+from .attention import JointLayer, UtteranceDBAttention
 from .decoder import NEG, Decoder, DecoderMemory, PreviousQueryEncoder, UtteranceRNN
 from .encoder import SchemaEncoder
 from .encoder_cache import entry_key
@@ -39,7 +39,7 @@ def module_of(param_name: str) -> str:
         return "encoder"
     if head == "attention":
         return "attention"
-    if head in ("link", "utt_rnn"):      # trainable layers over the encoder's outputs
+    if head in ("link", "utt_rnn", "joint"):      # trainable layers over the encoder's outputs
         return "attention"
     if head in ("summary", "turn_rnn", "history"):
         return "turn_rnn"
@@ -115,7 +115,8 @@ class ModelOutput:
 class Text2SQL(nn.Module):
     def __init__(self, encoder: SchemaEncoder, vocab: Vocab, decoder_size: int = 300,
                  turn_size: int = 300, max_turn: int = 5, dropout: float = 0.1,
-                 unit_mask: bool = False, utterance_rnn: bool = False, previous_utterances: int = 0):
+                 unit_mask: bool = False, utterance_rnn: bool = False, previous_utterances: int = 0,
+                 joint_layers: int = 0):
         super().__init__()
         H = encoder.hidden_size
         self.vocab = vocab
@@ -137,6 +138,7 @@ class Text2SQL(nn.Module):
         # EditSQL's utterance BiLSTM over BERT's outputs: with a frozen encoder, the only
         # trainable layer that reads each turn's words in order
         self.utt_rnn = UtteranceRNN(H) if utterance_rnn else None
+        self.joint = nn.ModuleList(JointLayer(H, dropout) for _ in range(joint_layers))
         # EditSQL's decoder also reads the words of earlier turns ("maximum_utterances"), each
         # marked by how many turns back it was said (0: this turn)
         self.previous_utterances = previous_utterances
@@ -173,6 +175,12 @@ class Text2SQL(nn.Module):
         utt, utt_mask, units, unit_mask = self.encode(rows)            # [N, W, H], [N, U, H]
         links = to_device(self.link_features(rows, units.shape[1]), units.dtype, units.device)
         units = units + self.link(links) * unit_mask.unsqueeze(-1)
+        if len(self.joint):
+            W = utt.shape[1]
+            x, mask = torch.cat([utt, units], 1), torch.cat([utt_mask, unit_mask], 1)   # [N, W + U, H]
+            for layer in self.joint:
+                x = layer(x, mask)
+            utt, units = x[:, :W], x[:, W:]
         utt, units = self.attention(self.drop(utt), utt_mask, self.drop(units), unit_mask)
         return utt, utt_mask, units, unit_mask, self.summary(utt, utt_mask, units, unit_mask)
 

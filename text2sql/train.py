@@ -148,7 +148,8 @@ def build_model(cfg: TrainConfig, vocab: Vocab) -> Text2SQL:
     enc = build_encoder(cfg)
     model = Text2SQL(enc, vocab, decoder_size=cfg.decoder_size, turn_size=cfg.turn_size,
                      max_turn=cfg.max_turn, dropout=cfg.dropout, unit_mask=cfg.unit_mask,
-                     utterance_rnn=cfg.utterance_rnn, previous_utterances=cfg.previous_utterances)
+                     utterance_rnn=cfg.utterance_rnn, previous_utterances=cfg.previous_utterances,
+                     joint_layers=cfg.joint_layers)
     if cfg.fix_bert and cfg.cache_dir:
         from .encoder_cache import EncoderCache, encoder_fingerprint
         model.disk_cache = EncoderCache(cfg.cache_dir, encoder_fingerprint(enc))
