@@ -83,6 +83,26 @@ def test_pooling_is_the_mean_of_word_pieces(tiny):
     assert torch.allclose(out.cls[0], h[0], atol=1e-5)
 
 
+def test_bert_layers_averages_the_last_hidden_states(tiny):
+    bert, tok = tiny
+    words, units = ["singers", "xylophonists"], ["singer . name"]
+    ids = torch.tensor([[101] + make(tiny).pieces("singers") + make(tiny).pieces("xylophonists") + [102]
+                        + make(tiny).pieces("singer . name") + [102]])
+    n0 = 2 + len(make(tiny).pieces("singers")) + len(make(tiny).pieces("xylophonists"))
+    types = torch.tensor([[0] * n0 + [1] * (ids.shape[1] - n0)])
+    with torch.no_grad():
+        hs = bert(input_ids=ids, token_type_ids=types, output_hidden_states=True).hidden_states   # 3 for 2 layers
+    for k in (1, 2, 3):
+        out = SchemaEncoder(bert, tok, layers=k).eval()([words], [units])
+        h = torch.stack(hs[-k:]).mean(0)[0]
+        assert torch.allclose(out.units[0, 0], h[n0:n0 + 3].mean(0), atol=1e-5), k
+        assert torch.allclose(out.cls[0], h[0], atol=1e-5), k
+    assert not torch.allclose(SchemaEncoder(bert, tok, layers=2).eval()([words], [units]).cls,
+                              SchemaEncoder(bert, tok, layers=1).eval()([words], [units]).cls)
+    with pytest.raises(ValueError, match="--bert_layers 4: this encoder has 3 hidden states"):
+        SchemaEncoder(bert, tok, layers=4)
+
+
 def test_chunking_matches_encoding_each_chunk_alone(tiny):
     e = make(tiny, max_len=24)
     words = ["names", "of", "singers"]

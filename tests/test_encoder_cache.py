@@ -60,6 +60,16 @@ def test_changed_weights_use_another_folder(concert_data, tmp_path):
     assert len(os.listdir(cache)) == 2
 
 
+def test_averaging_other_layers_uses_another_folder(concert_data, tmp_path):
+    cache = str(tmp_path / "cache")
+    a = Trainer(cfg_for(concert_data, tmp_path / "a", fix_bert=True, cache_dir=cache), log=quiet, progress=False)
+    b = Trainer(cfg_for(concert_data, tmp_path / "b", fix_bert=True, cache_dir=cache, bert_layers=2),
+                log=quiet, progress=False)      # the same weights, another output
+    encode_all(a)
+    encode_all(b)
+    assert a.model.disk_cache.dir != b.model.disk_cache.dir and b.model.disk_cache.hits == 0
+
+
 def test_without_memoising_the_frozen_encoder_runs_every_time_with_the_same_outputs(concert_data, tmp_path):
     """The EditSQL regime of scripts/bench_train.py: a frozen encoder run again on every call,
     neither the memory nor the disk cache read or written."""

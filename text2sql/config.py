@@ -54,6 +54,8 @@ class TrainConfig:
     joint_layers: int = _f(0, "trainable Transformer layers over each turn's utterance tokens and DB units "
                               "together, between the encoder and the utterance-DB attention (they learn "
                               "schema linking even with --fix_bert)")
+    bert_layers: int = _f(1, "the encoder's output is the mean of its last N hidden states (1: the top layer; "
+                             "BERT's feature-based recipe averages the last 4)")
     fix_bert: bool = _f(False, "freeze the encoder (its outputs are then computed once and cached)")
     bert_attention_dropout: float | None = _f(None, "dropout on BERT's attention weights (default: the checkpoint's, "
                                                     "0.1 for MiniLM). 0 lets PyTorch use its fused attention "

@@ -145,8 +145,14 @@ class TurnLayout:
 
 
 class SchemaEncoder(nn.Module):
-    def __init__(self, bert, tokenizer, max_len: int = 512):
+    def __init__(self, bert, tokenizer, max_len: int = 512, layers: int = 1):
         super().__init__()
+        n = bert.config.num_hidden_layers + 1          # the embeddings' output counts as a layer
+        if not 1 <= layers <= n:
+            raise ValueError(f"--bert_layers {layers}: this encoder has {n} hidden states (1 to {n})")
+        # output = mean of the last ``layers`` hidden states: the top layer of a model trained for
+        # one objective (MiniLM's: sentence similarity) keeps less of each word than the ones below
+        self.layers = layers
         self.bert = bert
         self.tokenizer = tokenizer
         self.max_len = min(max_len, bert.config.max_position_embeddings)
@@ -274,9 +280,12 @@ class SchemaEncoder(nn.Module):
             types = [[0] * passes[k].head_len + [1] * (len(passes[k].ids) - passes[k].head_len)
                      + [0] * (T - len(passes[k].ids)) for k in chunk]
             with torch.set_grad_enabled(torch.is_grad_enabled() and not self.fixed):
-                h = self.bert(input_ids=to_device(ids, torch.long, dev),
-                              attention_mask=to_device(att, torch.long, dev),
-                              token_type_ids=to_device(types, torch.long, dev)).last_hidden_state  # [n, T, H]
+                out = self.bert(input_ids=to_device(ids, torch.long, dev),
+                                attention_mask=to_device(att, torch.long, dev),
+                                token_type_ids=to_device(types, torch.long, dev),
+                                output_hidden_states=self.layers > 1)
+                h = (out.last_hidden_state if self.layers == 1
+                     else torch.stack(out.hidden_states[-self.layers:]).mean(0))          # [n, T, H]
             outs.append(h.reshape(len(chunk) * T, -1))
             for i, k in enumerate(chunk):
                 start[k] = offset + i * T

@@ -132,7 +132,7 @@ def build_encoder(cfg: TrainConfig):
         over = ({} if cfg.bert_attention_dropout is None
                 else {"attention_probs_dropout_prob": cfg.bert_attention_dropout})
         bert, tok = load_bert(resolve_bert(cfg.bert), **over)
-    enc = SchemaEncoder(bert, tok)
+    enc = SchemaEncoder(bert, tok, layers=cfg.bert_layers)
     if cfg.fix_bert:
         enc.fix()
     elif cfg.grad_checkpointing:
