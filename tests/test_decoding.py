@@ -6,6 +6,8 @@ import sys
 import pytest
 import torch
 
+from conftest import ROOT
+from text2sql.config import TrainConfig
 from text2sql.decoding import Grammar, ids_to_sql
 from text2sql.model import Example
 from test_model import cfg_for, quiet
@@ -37,6 +39,33 @@ def test_grammar_rules(concert_schema):
     assert done[v.eos] and not done[v.index[")"]]
     assert not g.allowed(ids(["select", "singer.name", "where"]), size)[v.eos]
     assert not done[v.pad] and not done[v.go] and not done[v.unk]
+
+
+def test_grammar_allows_each_clause_once_per_select(concert_schema):
+    from text2sql.sql_tokens import tokens_to_sql
+    from text2sql.vocab import Vocab
+    v = Vocab.build([], [])
+    g = Grammar(v)
+    size = len(v) + len(concert_schema.units)
+    ids = lambda toks: v.encode(toks, concert_schema)[:-1]   # noqa: E731
+    ok = lambda toks, nxt: bool(g.allowed(ids(toks), size)[v.index[nxt]])   # noqa: E731
+    w = ["select", "singer.name", "where", "singer.age", ">", "value"]
+    assert ok(["select", "singer.name"], "where") and not ok(w, "where")
+    assert ok(w, "order_by") and not ok(w + ["order_by", "singer.age", "limit", "value"], "limit")
+    # a subquery has clauses of its own, and closing it returns to the outer SELECT's
+    sub = ["select", "singer.name", "where", "singer.age", ">", "(", "select", "avg", "(", "singer.age", ")"]
+    assert ok(sub, "where")
+    assert not ok(sub + ["where", "singer.age", ">", "value", ")"], "where")
+    assert ok(sub + ["where", "singer.age", ">", "value", ")"], "order_by")
+    # the SELECT after a set operation starts afresh
+    assert ok(w + ["intersect", "select", "singer.name"], "where")
+    # JOIN and ON belong to a FROM clause, and FROM comes once
+    f = ["select", "singer.name", "from", "singer"]
+    assert ok(f, "join") and not ok(w, "join") and not ok(["select", "singer.name"], "join")
+    assert not ok(f + ["where", "singer.age", ">", "value"], "join") and not ok(f, "from")
+    # what the reader refuses, the grammar never produces
+    with pytest.raises(Exception, match="appears twice"):
+        tokens_to_sql(w + ["where", "singer.age", "<", "value"], concert_schema)
 
 
 def test_beam_of_one_is_greedy_and_beam_scores_no_worse(trained):
@@ -185,3 +214,40 @@ def test_conversation_encodes_each_turn_once_and_predicts_as_a_fresh_pass(concer
     ex = Example(db_id="concerts", unit_texts=concert_schema.unit_natural, words=talk.words,
                  targets=[[] for _ in questions], table_units=table_units(concert_schema))
     assert model.predict([ex], constrained=True)[0] == asked
+
+
+def _grammar_refusals(data_dir, remove_from, protocol="official"):
+    """(gold tokens refused, tokens checked) over every gold target of a data directory."""
+    from text2sql.train import load_data, make_examples
+    from text2sql.vocab import Vocab
+    cfg = TrainConfig(data=data_dir, remove_from=remove_from, protocol=protocol)
+    train, valid, schemas, targets = load_data(cfg, log=quiet)
+    vocab = Vocab.build([t for i in train for t in targets[id(i)]], [schemas[i.db_id] for i in train])
+    g = Grammar(vocab)
+    refused, checked = [], 0
+    for ex in make_examples(train + valid, schemas, targets, vocab):
+        g.tables = [ex.table_units]
+        size = len(vocab) + len(ex.unit_texts)
+        for toks, ids in zip(ex.tokens, ex.targets):
+            for i in range(len(ids)):
+                if ids[i] == vocab.unk:     # a literal the training split never had: no grammar question
+                    break
+                checked += 1
+                if not g.allowed(ids[:i], size)[ids[i]]:
+                    refused.append((ex.db_id, " ".join(toks), i))
+                    break
+    return refused, checked
+
+
+@pytest.mark.parametrize("remove_from", [False, True])
+def test_grammar_never_refuses_a_gold_token_of_the_shipped_data(remove_from):
+    refused, checked = _grammar_refusals(os.path.join(ROOT, "data", "spider_cosql", "tiny"), remove_from)
+    assert checked > 500 and not refused, refused[:3]
+
+
+@pytest.mark.parametrize("remove_from", [False, True])
+def test_grammar_never_refuses_a_gold_token_of_sparc_dev(remove_from):
+    from conftest import shared_path
+    d = os.path.dirname(shared_path("sparc", "dev.json"))
+    refused, checked = _grammar_refusals(d, remove_from, protocol="db_split")    # all of dev.json
+    assert checked > 10000 and not refused, refused[:3]

@@ -1,8 +1,10 @@
 """Decoding: grammar-constrained greedy and beam search, and target tokens back to SQL.
 
 The constraint keeps a prefix well-formed, token by token: the query starts with ``select``,
-parentheses balance, ``)`` never closes an empty group, and the end token only comes where a query
-can end (parentheses closed, the last token a complete operand or a direction). DB units are
+parentheses balance, ``)`` never closes an empty group, a clause (FROM, WHERE, GROUP BY, HAVING,
+ORDER BY, LIMIT) comes at most once per SELECT, as the SQL reader requires, JOIN and ON only in a
+FROM clause, and the end token only comes where
+a query can end (parentheses closed, the last token a complete operand or a direction). DB units are
 already limited to the turn's own schema by the decoder's unit mask. ``constrained=False`` turns
 it off, for comparison.
 """
@@ -13,7 +15,7 @@ import torch
 from .decoder import NEG, DecoderMemory
 from .errors import DataError
 from .schema import Schema
-from .sql_tokens import tokens_to_sql
+from .sql_tokens import CLAUSES, SET_OPS, tokens_to_sql
 from .tensors import to_device
 from .vocab import Vocab
 
@@ -38,6 +40,10 @@ class Grammar:
         self.open_ids = {vocab.index[t] for t in _OPEN if t in vocab.index}
         self.table_slots = {vocab.index[t] for t in ("from", "join") if t in vocab.index}
         self.tables = []
+        self.clauses = {vocab.index[t] for t in CLAUSES + ("from",) if t != "select" and t in vocab.index}
+        self.from_id = vocab.index.get("from")
+        self.from_only = [vocab.index[t] for t in ("join", "on") if t in vocab.index]
+        self.set_ops = {vocab.index[t] for t in SET_OPS if t in vocab.index}
 
     @property
     def tables(self) -> list[list[int] | None]:
@@ -77,7 +83,41 @@ class Grammar:
             ok[self.close_paren] = False
         if depth != 0 or last_open:
             ok[self.vocab.eos] = False
+        used, in_from = self.block(prefix)
+        if used:
+            ok[list(used)] = False
+        if not in_from:
+            ok[self.from_only] = False
         return ok
+
+    def block(self, prefix: list[int]) -> tuple[set[int], bool]:
+        """The SELECT being written: the clause keywords it already has (each may come once; FROM
+        counts as one) and whether it is in its FROM clause (where JOIN and ON belong).
+
+        A stack with one entry per open ``(``: [clauses, last clause] where it opened a subquery
+        (``( select``), None for any other parenthesis; the bottom entry is the outer query. A set
+        operation starts a new SELECT at its level."""
+        stack: list[list | None] = [[set(), None]]
+        after_open = False
+        for t in prefix:
+            top = stack[-1]
+            if t == self.open_paren:
+                stack.append(None)
+            elif t == self.close_paren:
+                if len(stack) > 1:
+                    stack.pop()
+            elif t == self.select and after_open:
+                stack[-1] = [set(), None]
+            elif top is not None and t in self.set_ops:
+                stack[-1] = [set(), None]
+            elif top is not None and t in self.clauses:
+                top[0].add(t)
+                top[1] = t
+            after_open = t == self.open_paren
+        top = stack[-1]
+        if top is None:                 # inside a plain parenthesis: no clause starts here
+            return set(self.clauses), False
+        return top[0], top[1] == self.from_id
 
 
 def _apply(logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
