@@ -53,7 +53,8 @@ class TrainConfig:
                                      "embedding, as EditSQL's --maximum_utterances")
     joint_layers: int = _f(0, "trainable Transformer layers over each turn's utterance tokens and DB units "
                               "together, between the encoder and the utterance-DB attention (they learn "
-                              "schema linking even with --fix_bert)")
+                              "schema linking even with --fix_bert; on CPU, 2 layers made a SParC step "
+                              "about 6x slower: big schemas make the joint sequence long)")
     bert_layers: int = _f(1, "the encoder's output is the mean of its last N hidden states (1: the top layer; "
                              "BERT's feature-based recipe averages the last 4)")
     fix_bert: bool = _f(False, "freeze the encoder (its outputs are then computed once and cached)")
