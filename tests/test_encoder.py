@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from text2sql import encoder as enc_mod
-from text2sql.encoder import (DEFAULT_BERT, MINILM_SHA256, EncoderOutput, SchemaEncoder, load_bert,
+from text2sql.encoder import (DEFAULT_BERT, MINILM_SHA256, EncoderLoadError, EncoderOutput, SchemaEncoder, load_bert,
                               resolve_bert, tiny_bert)
 
 try:
@@ -99,7 +99,7 @@ def test_bert_layers_averages_the_last_hidden_states(tiny):
         assert torch.allclose(out.cls[0], h[0], atol=1e-5), k
     assert not torch.allclose(SchemaEncoder(bert, tok, layers=2).eval()([words], [units]).cls,
                               SchemaEncoder(bert, tok, layers=1).eval()([words], [units]).cls)
-    with pytest.raises(ValueError, match="--bert_layers 4: this encoder has 3 hidden states"):
+    with pytest.raises(EncoderLoadError, match="--bert_layers 4: this encoder has 3 hidden states"):
         SchemaEncoder(bert, tok, layers=4)
 
 

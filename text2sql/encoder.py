@@ -149,7 +149,7 @@ class SchemaEncoder(nn.Module):
         super().__init__()
         n = bert.config.num_hidden_layers + 1          # the embeddings' output counts as a layer
         if not 1 <= layers <= n:
-            raise ValueError(f"--bert_layers {layers}: this encoder has {n} hidden states (1 to {n})")
+            raise EncoderLoadError(f"--bert_layers {layers}: this encoder has {n} hidden states (1 to {n})")
         # output = mean of the last ``layers`` hidden states: the top layer of a model trained for
         # one objective (MiniLM's: sentence similarity) keeps less of each word than the ones below
         self.layers = layers
