@@ -35,11 +35,12 @@ declare -A KNOB=(
   [lr3e-4_previous3]="--lr 3e-4 --previous_utterances 3"
   [lr3e-4_bert_layers4]="--lr 3e-4 --bert_layers 4"
   [lr3e-4_bert_layers4_utterance_rnn]="--lr 3e-4 --bert_layers 4 --utterance_rnn"
+  [lr3e-4_bert_layers7]="--lr 3e-4 --bert_layers 7"
 )
 ORDER=(base with_from key_init max_turn1 lr3e-4 warmup200 per_step max_turn2 batch4 per_step_key_init
        per_step_lr3e-4 lr3e-4_dropout0.3 lr3e-4_batch8 lr3e-4_utterance_rnn lr3e-4_utterance_rnn_dropout0.3
        lr3e-4_joint2 lr3e-4_previous3 lr3e-4_bert_layers4
-       lr3e-4_bert_layers4_utterance_rnn)
+       lr3e-4_bert_layers4_utterance_rnn lr3e-4_bert_layers7)
 NAMES=("$@")
 [ ${#NAMES[@]} -eq 0 ] && NAMES=("${ORDER[@]}")
 
