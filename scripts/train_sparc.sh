@@ -5,11 +5,13 @@
 # where the run goes (default logs/sparc_official). Extra flags after them override the defaults
 # below for the first phase.
 #
-# The recipe of the best run so far (docs/experiments.md, "longer runs"): FROM-less targets
-# (--remove_from), as EditSQL's figures use; batch 16; --lr 3e-4 for 12 epochs, then a decay by
-# hand to 1e-4 for epochs 13-20 (validation had stopped improving at 3e-4 by epoch 7). Without
-# CUDA the encoder is frozen and its outputs cached (--fix_bert: 20 epochs took 85 minutes on one
-# CPU thread); with CUDA it is fine-tuned in bf16 (--device cuda --amp --lr_bert 1e-5, not yet run).
+# The recipe of the best run so far (docs/experiments.md, "Layers that learn over the frozen
+# encoder"): FROM-less targets (--remove_from), as EditSQL's figures use; batch 16; the encoder's
+# output averaged over its last 4 hidden states (--bert_layers 4) and read by EditSQL's utterance
+# BiLSTM (--utterance_rnn); --lr 3e-4 for 10 epochs, then a decay by hand to 1e-4 for epochs 11-16.
+# Without CUDA the encoder is frozen and its outputs cached (--fix_bert: about 75 minutes on one CPU
+# thread, plus 20 to fill the cache the first time); with CUDA it is fine-tuned in bf16
+# (--device cuda --amp --lr_bert 1e-5, not yet run).
 # Re-running the script continues where it stopped: a finished phase is skipped, a stopped one
 # resumed from its last.pt.
 set -euo pipefail
@@ -29,13 +31,14 @@ epoch() {   # the epoch the run's last checkpoint is at (0 before it starts)
 
 if [ ! -f "$RUN/last.pt" ]; then
   python -m text2sql train --data "$DATA" --protocol official "${ENCODER[@]}" \
-    --batch_size 16 --shuffle --epochs 12 --max_turn 5 --lr 3e-4 --train_eval_size 200 \
-    --remove_from --run_dir "$RUN" --note "official split: SParC train -> dev" "$@"
-elif [ "$(epoch)" -lt 12 ]; then
-  python -m text2sql train --resume "$RUN" --epochs 12
+    --batch_size 16 --shuffle --epochs 10 --max_turn 5 --lr 3e-4 --train_eval_size 200 \
+    --remove_from --bert_layers 4 --utterance_rnn --run_dir "$RUN" \
+    --note "official split: SParC train -> dev" "$@"
+elif [ "$(epoch)" -lt 10 ]; then
+  python -m text2sql train --resume "$RUN" --epochs 10
 fi
 # phase 2: the same run, resumed at a third of the learning rate (recorded in resumes.jsonl)
-if [ "$(epoch)" -lt 20 ]; then
-  python -m text2sql train --resume "$RUN" --epochs 20 --lr 1e-4
+if [ "$(epoch)" -lt 16 ]; then
+  python -m text2sql train --resume "$RUN" --epochs 16 --lr 1e-4
 fi
 python -m text2sql evaluate --run "$RUN" --beam 4 --out "$RUN/beam4"

@@ -13,17 +13,19 @@ def test_train_sparc_recipe_runs_both_phases_and_resumes(tmp_path):
     env = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"],
            "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     cmd = ["bash", "scripts/train_sparc.sh", os.path.join("data", "spider_cosql", "tiny"), str(run),
-           "--bert", "tiny", "--cache_dir", "", "--decoder_size", "32", "--turn_size", "32"]
+           "--bert", "tiny", "--bert_layers", "2", "--cache_dir", "", "--decoder_size", "32", "--turn_size", "32"]
     p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-1500:]
     valid = [json.loads(l) for l in open(run / "metrics.jsonl") if '"valid"' in l]
-    assert [r["epoch"] for r in valid] == list(range(1, 21))
+    assert [r["epoch"] for r in valid] == list(range(1, 17))
     assert [json.loads(l) for l in open(run / "resumes.jsonl")] == [
-        {"after_epoch": 12, "step": 48, "changed": {"epochs": [12, 20], "lr": [3e-4, 1e-4]}}]
+        {"after_epoch": 10, "step": 40, "changed": {"epochs": [10, 16], "lr": [3e-4, 1e-4]}}]
+    cfg = json.load(open(run / "config.json"))
+    assert cfg["utterance_rnn"] and cfg["bert_layers"] == 2 and cfg["remove_from"]
     report = json.load(open(run / "beam4" / "eval_dev.json"))
     assert report["decoding"]["beam"] == 4 and report["questions"] == 44
     # again: both phases are done, so only the evaluation runs
     p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-1500:]
-    assert len([l for l in open(run / "metrics.jsonl") if '"valid"' in l]) == 20
+    assert len([l for l in open(run / "metrics.jsonl") if '"valid"' in l]) == 16
     assert "resumed" not in p.stdout + p.stderr
