@@ -9,7 +9,7 @@
 # encoder"): FROM-less targets (--remove_from), as EditSQL's figures use; batch 16; the encoder's
 # output averaged over its last 4 hidden states (--bert_layers 4) and read by EditSQL's utterance
 # BiLSTM (--utterance_rnn); --lr 3e-4 for 10 epochs, then a decay by hand to 1e-4 for epochs 11-16.
-# Without CUDA the encoder is frozen and its outputs cached (--fix_bert: about 75 minutes on one CPU
+# Without CUDA the encoder is frozen and its outputs cached (--fix_bert: about 65 minutes on one CPU
 # thread, plus 20 to fill the cache the first time); with CUDA it is fine-tuned in bf16
 # (--device cuda --amp --lr_bert 1e-5, not yet run).
 # Re-running the script continues where it stopped: a finished phase is skipped, a stopped one

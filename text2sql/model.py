@@ -260,7 +260,8 @@ class Text2SQL(nn.Module):
         hist = hist.reshape(B * T, -1)[flat_t]                                 # [Nt, S]
         state = state.reshape(B * T, -1)[flat_t]                               # [Nt, S]
         rows_t = turn_rows_t.reshape(-1)[flat_t]                               # [Nt] rows of real turns
-        utt_t, utt_mask_t = self.turn_tokens(utt[rows_t], utt_mask[rows_t], hist), utt_mask[rows_t]
+        utt_mask_t = utt_mask[rows_t]                                          # [Nt, W]
+        utt_t = self.turn_tokens(utt[rows_t], utt_mask_t, hist)                # [Nt, W, H]
         if self.utt_distance is not None:
             utt_t, utt_mask_t = self.with_previous_utterances(utt_t, utt_mask_t, [len(ex) for ex in examples])
         return {
