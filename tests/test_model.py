@@ -147,6 +147,35 @@ def test_previous_utterances_lay_earlier_turns_words_beside_this_turns(concert_d
     assert model.contextualise(batch)["utt"].shape[1] == W
 
 
+def test_previous_tables_mark_the_units_of_the_tables_the_previous_query_used(concert_data, tmp_path):
+    tr = Trainer(cfg_for(concert_data, tmp_path, previous_tables=True, fix_bert=True), log=quiet, progress=False)
+    model, vocab = tr.model, tr.vocab
+    K = len(vocab)
+    # the fourth interaction: "Which singers sang in a concert?" reads singer and singer_in_concert
+    ex = tr.train_ex[3]
+    schema_units = [u for u in tr.schemas["concerts"].units]
+    tables = [schema_units[j - K].split(".")[0] for j in ex.targets[0] if j >= K]
+    assert set(tables) == {"singer", "singer_in_concert"}
+    ctx = model.contextualise([ex])
+    flags = model.previous_table_flags(ctx["unit_tables"], model.gold_previous([ex]))      # [2, U]
+    assert not flags[0].any()                                  # turn 1 has no previous query
+    want = [float(u.split(".")[0] in set(tables)) for u in schema_units]
+    assert flags[1].tolist() == want
+    # the marked units are what the decoder reads and points at; the others are as before
+    mem = model.memory(ctx, model.gold_previous([ex]))
+    on = flags[1].bool()
+    assert torch.allclose(mem.units[1][on], ctx["units"][1][on] + model.prev_table.detach(), atol=1e-6)
+    assert torch.equal(mem.units[1][~on], ctx["units"][1][~on])
+    assert torch.equal(mem.units[0], ctx["units"][0])
+    # it learns, with the encoder frozen, and decoding (predicted previous queries) runs through it
+    tr.train_step(tr.train_ex[:2], Meter(len(vocab)))
+    assert model.prev_table.grad is not None and model.prev_table.grad.abs().sum() > 0
+    assert module_of("prev_table") == "output"
+    model.eval()
+    preds = model.predict(tr.train_ex[:3], beam=2, constrained=True, max_len=20)
+    assert [len(p) for p in preds] == [len(e) for e in tr.train_ex[:3]]
+
+
 def test_gradient_of_a_late_turn_reaches_the_first_turn(concert_data, tmp_path):
     tr = Trainer(cfg_for(concert_data, tmp_path), log=quiet, progress=False)
     model = tr.model

@@ -36,13 +36,16 @@ def real_part(a, b, mask):
     return a[keep], b[keep]
 
 
-@pytest.mark.parametrize("max_turn,utterance_rnn,previous_utterances,joint_layers",
-                         [(1, False, 0, 0), (2, False, 0, 0), (5, False, 0, 0), (3, True, 0, 0),
-                          (5, True, 2, 0), (2, False, 3, 0), (3, False, 0, 2)])
+@pytest.mark.parametrize("max_turn,utterance_rnn,previous_utterances,joint_layers,previous_tables",
+                         [(1, False, 0, 0, False), (2, False, 0, 0, False), (5, False, 0, 0, False),
+                          (3, True, 0, 0, False), (5, True, 2, 0, False), (2, False, 3, 0, False),
+                          (3, False, 0, 2, False), (3, True, 0, 0, True)])
 def test_batched_equals_one_interaction_and_one_turn_at_a_time(tmp_path, max_turn, utterance_rnn,
-                                                               previous_utterances, joint_layers):
+                                                               previous_utterances, joint_layers,
+                                                               previous_tables):
     tr = tiny_trainer(tmp_path, max_turn=max_turn, utterance_rnn=utterance_rnn,
-                      previous_utterances=previous_utterances, joint_layers=joint_layers)
+                      previous_utterances=previous_utterances, joint_layers=joint_layers,
+                      previous_tables=previous_tables)
     model = tr.model.eval()
     # interactions of 1 to 4 turns, on two databases with schemas of different sizes
     ex = tr.train_ex[:6] + tr.valid_ex[:3]

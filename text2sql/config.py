@@ -55,6 +55,9 @@ class TrainConfig:
                               "together, between the encoder and the utterance-DB attention (they learn "
                               "schema linking even with --fix_bert; on CPU, 2 layers made a SParC step "
                               "about 6x slower: big schemas make the joint sequence long)")
+    previous_tables: bool = _f(False, "a learnt vector marks every DB unit of a table the previous query used "
+                                      "(gold when teacher-forced, predicted when decoding), so a follow-up's "
+                                      "column is drawn to the tables the conversation is about")
     bert_layers: int = _f(1, "the encoder's output is the mean of its last N hidden states (1: the top layer; "
                              "BERT's feature-based recipe averages the last 4)")
     fix_bert: bool = _f(False, "freeze the encoder (its outputs are then computed once and cached)")

@@ -51,7 +51,7 @@ def module_of(param_name: str) -> str:
         return "turn_rnn"
     if head == "decoder" and param_name.split(".")[1] in ("keyword_out", "db_proj", "copy_proj", "keyword_emb"):
         return "output"
-    if head == "relevance":
+    if head in ("relevance", "prev_table"):
         return "output"
     return "decoder"
 
@@ -104,6 +104,7 @@ class Example:
     tokens: list[list[str]] | None = None   # per turn: target tokens (for decoding to SQL)
     source: tuple = ()                 # (file, interaction index), for messages
     table_units: list[int] | None = None    # which units are tables (for constrained decoding)
+    unit_tables: list[int] | None = None    # per unit, the table it belongs to (--previous_tables)
 
     def __len__(self):
         return len(self.words)
@@ -122,7 +123,7 @@ class Text2SQL(nn.Module):
     def __init__(self, encoder: SchemaEncoder, vocab: Vocab, decoder_size: int = 300,
                  turn_size: int = 300, max_turn: int = 5, dropout: float = 0.1,
                  unit_mask: bool = False, utterance_rnn: bool = False, previous_utterances: int = 0,
-                 joint_layers: int = 0):
+                 joint_layers: int = 0, previous_tables: bool = False):
         super().__init__()
         H = encoder.hidden_size
         self.vocab = vocab
@@ -152,6 +153,12 @@ class Text2SQL(nn.Module):
         if previous_utterances > 0:
             self.utt_distance = nn.Embedding(previous_utterances + 1, H)
             nn.init.normal_(self.utt_distance.weight, std=0.1)
+        # a learnt vector added to every unit of a table the previous query used: a follow-up's
+        # "their country" is then drawn to that table's column, not a same-named one elsewhere
+        # (FROM-less targets name no tables; a unit-level copy only reaches the units used before)
+        self.prev_table = None
+        if previous_tables:
+            self.prev_table = nn.Parameter(torch.randn(H) * 0.1)
         self._cache: dict = {}
         self.disk_cache = None      # an EncoderCache, for a frozen encoder (see train.build_model)
         # False: a frozen encoder runs again on every call, as EditSQL's does (the baseline of
@@ -264,12 +271,24 @@ class Text2SQL(nn.Module):
         utt_t = self.turn_tokens(utt[rows_t], utt_mask_t, hist)                # [Nt, W, H]
         if self.utt_distance is not None:
             utt_t, utt_mask_t = self.with_previous_utterances(utt_t, utt_mask_t, [len(ex) for ex in examples])
-        return {
+        ctx = {
             "utt": utt_t, "utt_mask": utt_mask_t,
             "units": units[rows_t], "unit_mask": unit_mask[rows_t],
             # the decoder starts from the history and this turn's state together
             "state": torch.cat([hist, state], -1),                             # [Nt, 2S]
         }
+        if self.prev_table is not None:
+            ctx["unit_tables"] = self.unit_tables([ex for ex in examples for _ in range(len(ex))],
+                                                  units.shape[1], dev)           # [Nt, U]
+        return ctx
+
+    def unit_tables(self, turns: list[Example], U: int, device) -> torch.Tensor:
+        """[Nt, U] the table of each unit of each turn's schema (-1 where padded)."""
+        for ex in turns:
+            if ex.unit_tables is None:
+                raise ValueError(f"--previous_tables needs Example.unit_tables ({ex.db_id})")
+        return to_device([ex.unit_tables + [-1] * (U - len(ex.unit_tables)) for ex in turns],
+                         torch.long, device)
 
     def turn_tokens(self, utt, utt_mask, hist):
         """The tokens the decoder attends over: utt [Nt, W, H] with the history hist [Nt, S] added
@@ -324,10 +343,24 @@ class Text2SQL(nn.Module):
     def memory(self, ctx, prev_ids, rows=None) -> DecoderMemory:
         """What the decoder reads, for all turns of ``ctx`` or only ``rows`` of them."""
         part = ctx if rows is None else {k: v[rows] for k, v in ctx.items()}
-        prev, prev_mask, ids = self.previous(part["units"], prev_ids)
-        return DecoderMemory(utt=part["utt"], utt_mask=part["utt_mask"], units=part["units"],
+        units = part["units"]
+        if self.prev_table is not None:
+            units = units + self.previous_table_flags(part["unit_tables"], prev_ids).unsqueeze(-1) * self.prev_table
+        prev, prev_mask, ids = self.previous(units, prev_ids)
+        return DecoderMemory(utt=part["utt"], utt_mask=part["utt_mask"], units=units,
                              unit_mask=self.decoding_mask(part), prev=prev, prev_mask=prev_mask,
                              prev_ids=ids)
+
+    def previous_table_flags(self, unit_tables: torch.Tensor, prev_ids: list[list[int]]) -> torch.Tensor:
+        """unit_tables [Nt, U], each turn's previous SQL (joint ids) -> [Nt, U] float: 1 where the
+        unit's table is one a unit of the previous SQL belongs to."""
+        K = len(self.vocab)
+        ids, mask = pad_ids(prev_ids, unit_tables.device)                         # [Nt, P]
+        is_unit = mask & (ids >= K)
+        prev_tab = torch.gather(unit_tables, 1, (ids - K).clamp(min=0, max=unit_tables.shape[1] - 1))  # [Nt, P]
+        prev_tab = torch.where(is_unit, prev_tab, torch.full_like(prev_tab, -2))   # -2 matches nothing
+        hit = (unit_tables.unsqueeze(2) == prev_tab.unsqueeze(1)).any(2)           # [Nt, U]
+        return (hit & (unit_tables >= 0)).to(self.prev_table.dtype)
 
     def gold_previous(self, examples: list[Example]) -> list[list[int]]:
         out = []
@@ -378,6 +411,8 @@ class Text2SQL(nn.Module):
                     tokens = torch.cat([p[0] for p in parts], 1)
                     tok_mask = torch.cat([p[1] for p in parts], 1)
                 ctx = {"utt": tokens, "utt_mask": tok_mask, "units": units, "unit_mask": unit_mask}
+                if self.prev_table is not None:
+                    ctx["unit_tables"] = self.unit_tables([ex], units.shape[1], units.device)
                 prev = ex.targets[t - 1][:-1] if t > 0 and self.max_turn > 1 else []
                 mem = self.memory(ctx, [prev])
                 tgt, mask = pad_ids([ex.targets[t]], utt.device)                  # [1, L]
