@@ -176,6 +176,36 @@ def test_previous_tables_mark_the_units_of_the_tables_the_previous_query_used(co
     assert [len(p) for p in preds] == [len(e) for e in tr.train_ex[:3]]
 
 
+def test_unit_types_add_each_units_kind_and_key_role(concert_data, concert_schema, tmp_path):
+    from text2sql.schema import UNIT_KINDS
+    kinds = concert_schema.unit_kinds()
+    unit = dict(zip(concert_schema.units, kinds))
+    assert unit["singer"] == 4 * UNIT_KINDS.index("table")
+    assert unit["singer.*"] == 4 * UNIT_KINDS.index("star")
+    assert unit["singer.name"] == 4 * UNIT_KINDS.index("text")
+    assert unit["singer.age"] == 4 * UNIT_KINDS.index("number")
+    assert unit["singer.singer_id"] == 4 * UNIT_KINDS.index("number") + 2 + 1      # primary, referenced
+    assert unit["stadium.capacity"] == 4 * UNIT_KINDS.index("number")
+    assert unit["concert.stadium_id"] == 4 * UNIT_KINDS.index("number") + 1        # foreign only
+    assert unit["concert.year"] == 4 * UNIT_KINDS.index("text")
+    tr = Trainer(cfg_for(concert_data, tmp_path, unit_types=True, fix_bert=True), log=quiet, progress=False)
+    model = tr.model
+    batch = tr.train_ex[:2]
+    assert batch[0].unit_kinds == kinds
+    with torch.no_grad():
+        typed = model.contextualise(batch)
+        emb, model.unit_type = model.unit_type, None
+        plain = model.contextualise(batch)
+        model.unit_type = emb
+    assert not torch.allclose(typed["units"], plain["units"], atol=1e-4)
+    tr.train_step(batch, Meter(len(tr.vocab)))
+    g = model.unit_type.weight.grad
+    assert g is not None and g[sorted(set(kinds))].abs().sum(1).gt(0).all()
+    unused = sorted(set(range(g.shape[0])) - set(kinds))
+    assert g[unused].abs().sum() == 0
+    assert module_of("unit_type.weight") == "attention"
+
+
 def test_gradient_of_a_late_turn_reaches_the_first_turn(concert_data, tmp_path):
     tr = Trainer(cfg_for(concert_data, tmp_path), log=quiet, progress=False)
     model = tr.model

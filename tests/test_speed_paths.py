@@ -36,16 +36,14 @@ def real_part(a, b, mask):
     return a[keep], b[keep]
 
 
-@pytest.mark.parametrize("max_turn,utterance_rnn,previous_utterances,joint_layers,previous_tables",
-                         [(1, False, 0, 0, False), (2, False, 0, 0, False), (5, False, 0, 0, False),
-                          (3, True, 0, 0, False), (5, True, 2, 0, False), (2, False, 3, 0, False),
-                          (3, False, 0, 2, False), (3, True, 0, 0, True)])
-def test_batched_equals_one_interaction_and_one_turn_at_a_time(tmp_path, max_turn, utterance_rnn,
-                                                               previous_utterances, joint_layers,
-                                                               previous_tables):
-    tr = tiny_trainer(tmp_path, max_turn=max_turn, utterance_rnn=utterance_rnn,
-                      previous_utterances=previous_utterances, joint_layers=joint_layers,
-                      previous_tables=previous_tables)
+@pytest.mark.parametrize("kw", [
+    dict(max_turn=1), dict(max_turn=2), dict(max_turn=5), dict(max_turn=3, utterance_rnn=True),
+    dict(max_turn=5, utterance_rnn=True, previous_utterances=2), dict(max_turn=2, previous_utterances=3),
+    dict(max_turn=3, joint_layers=2), dict(max_turn=3, utterance_rnn=True, previous_tables=True),
+    dict(max_turn=2, unit_types=True)], ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items()))
+def test_batched_equals_one_interaction_and_one_turn_at_a_time(tmp_path, kw):
+    max_turn = kw["max_turn"]
+    tr = tiny_trainer(tmp_path, **kw)
     model = tr.model.eval()
     # interactions of 1 to 4 turns, on two databases with schemas of different sizes
     ex = tr.train_ex[:6] + tr.valid_ex[:3]

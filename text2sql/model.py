@@ -31,6 +31,7 @@ from .attention import JointLayer, UtteranceDBAttention
 from .decoder import NEG, Decoder, DecoderMemory, PreviousQueryEncoder, UtteranceRNN
 from .encoder import SchemaEncoder
 from .encoder_cache import entry_key
+from .schema import UNIT_KINDS
 from .tensors import to_device
 from .turn_rnn import TurnRNN, TurnSummary
 from .vocab import Vocab
@@ -45,7 +46,7 @@ def module_of(param_name: str) -> str:
         return "encoder"
     if head == "attention":
         return "attention"
-    if head in ("link", "utt_rnn", "joint"):      # trainable layers over the encoder's outputs
+    if head in ("link", "unit_type", "utt_rnn", "joint"):      # trainable layers over the encoder's outputs
         return "attention"
     if head in ("summary", "turn_rnn", "history"):
         return "turn_rnn"
@@ -105,6 +106,7 @@ class Example:
     source: tuple = ()                 # (file, interaction index), for messages
     table_units: list[int] | None = None    # which units are tables (for constrained decoding)
     unit_tables: list[int] | None = None    # per unit, the table it belongs to (--previous_tables)
+    unit_kinds: list[int] | None = None     # per unit, Schema.unit_kinds() (--unit_types)
 
     def __len__(self):
         return len(self.words)
@@ -123,7 +125,7 @@ class Text2SQL(nn.Module):
     def __init__(self, encoder: SchemaEncoder, vocab: Vocab, decoder_size: int = 300,
                  turn_size: int = 300, max_turn: int = 5, dropout: float = 0.1,
                  unit_mask: bool = False, utterance_rnn: bool = False, previous_utterances: int = 0,
-                 joint_layers: int = 0, previous_tables: bool = False):
+                 joint_layers: int = 0, previous_tables: bool = False, unit_types: bool = False):
         super().__init__()
         H = encoder.hidden_size
         self.vocab = vocab
@@ -142,6 +144,12 @@ class Text2SQL(nn.Module):
         self.relevance = nn.Linear(H, 1) if unit_mask else None
         # schema linking: how much of a unit's table and column names the utterance mentions
         self.link = nn.Linear(2, H)
+        # what the names do not say: a unit's kind (table, star, or its column's type) and whether
+        # it is a primary or foreign key, as IRNet and RAT-SQL tell their encoders
+        self.unit_type = None
+        if unit_types:
+            self.unit_type = nn.Embedding(4 * len(UNIT_KINDS), H)
+            nn.init.normal_(self.unit_type.weight, std=0.1)
         # EditSQL's utterance BiLSTM over BERT's outputs: with a frozen encoder, the only
         # trainable layer that reads each turn's words in order
         self.utt_rnn = UtteranceRNN(H) if utterance_rnn else None
@@ -182,12 +190,19 @@ class Text2SQL(nn.Module):
         out = self.encoder(utterances, schemas)
         return out.utterance, out.utterance_mask, out.units, out.unit_mask
 
-    def encode_rows(self, rows):
+    def encode_rows(self, rows, kinds: list[list[int] | None] | None = None):
         """Encoder, schema-linking features and utterance-DB attention for each row on its own
-        (rows never look at each other here) -> (utt, utt_mask, units, unit_mask, summaries [N, S])."""
+        (rows never look at each other here) -> (utt, utt_mask, units, unit_mask, summaries [N, S]).
+        ``kinds``: per row, its units' Schema.unit_kinds() (needed with --unit_types)."""
         utt, utt_mask, units, unit_mask = self.encode(rows)            # [N, W, H], [N, U, H]
         links = to_device(self.link_features(rows, units.shape[1]), units.dtype, units.device)
         units = units + self.link(links) * unit_mask.unsqueeze(-1)
+        if self.unit_type is not None:
+            U = units.shape[1]
+            if kinds is None or any(k is None for k in kinds):
+                raise ValueError("--unit_types needs Example.unit_kinds")
+            ids = to_device([k + [0] * (U - len(k)) for k in kinds], torch.long, units.device)   # [N, U]
+            units = units + self.unit_type(ids) * unit_mask.unsqueeze(-1)
         if len(self.joint):
             W = utt.shape[1]
             x, mask = torch.cat([utt, units], 1), torch.cat([utt_mask, unit_mask], 1)   # [N, W + U, H]
@@ -247,7 +262,8 @@ class Text2SQL(nn.Module):
     def contextualise(self, examples: list[Example]):
         """Encoder, utterance-DB attention and turn RNN for every turn of the batch, batched over
         interactions: one encoder call, one attention call and one turn-RNN pass for all of them."""
-        utt, utt_mask, units, unit_mask, summaries = self.encode_rows(self.rows_of(examples))
+        kinds = [ex.unit_kinds for ex in examples for _ in range(len(ex) + 1)]     # as rows_of lays rows out
+        utt, utt_mask, units, unit_mask, summaries = self.encode_rows(self.rows_of(examples), kinds)
         # rows are [pre-turn, turn 1, ..., turn n] per interaction; lay them out as [B, T]
         B, T = len(examples), max(len(ex) for ex in examples)
         pre_rows, turn_rows, flat, real = [], [], [], []
@@ -392,10 +408,11 @@ class Text2SQL(nn.Module):
         the baseline of ``scripts/bench_train.py``. Teacher-forced, like ``forward``."""
         logps, targets, masks, turn_index = [], [], [], []
         for ex in examples:
-            pre = self.encode_rows(self.rows_of([ex])[:1])[-1]                  # [1, S]
+            pre = self.encode_rows(self.rows_of([ex])[:1], [ex.unit_kinds])[-1]  # [1, S]
             summaries, said = [], []
             for t, words in enumerate(ex.words):
-                utt, utt_mask, units, unit_mask, summary = self.encode_rows([(ex.db_id, words, ex.unit_texts)])
+                utt, utt_mask, units, unit_mask, summary = self.encode_rows([(ex.db_id, words, ex.unit_texts)],
+                                                                            [ex.unit_kinds])
                 summaries.append(summary)
                 # the turn RNN re-reads this interaction's summaries so far: the window rule of
                 # --max_turn then lives in one place, TurnRNN.forward

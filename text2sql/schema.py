@@ -18,6 +18,10 @@ from dataclasses import dataclass, field
 from .errors import DataError
 
 
+# what --unit_types tells the model about a DB unit besides its name (Spider's coarse column types)
+UNIT_KINDS = ("table", "star", "text", "number", "time", "boolean", "others")
+
+
 @dataclass
 class Column:
     table: int          # index into Schema.tables; -1 for the global "*"
@@ -49,22 +53,40 @@ class Schema:
         self.units: list[str] = []
         self.unit_natural: list[str] = []
         self.unit_table: list[int] = []          # table each unit belongs to
+        self.unit_column: list[int] = []         # column each unit is (-1: a table or its star)
         self._unit_index: dict[str, int] = {}
         for ti, t in enumerate(self.tables):
             tname = t.name.lower()
-            self._add_unit(tname, t.natural, ti)
-            self._add_unit(f"{tname}.*", f"{t.natural} *", ti)
+            self._add_unit(tname, t.natural, ti, -1)
+            self._add_unit(f"{tname}.*", f"{t.natural} *", ti, -1)
             for ci, c in enumerate(self.columns):
                 if c.table == ti:
-                    self._add_unit(f"{tname}.{c.name.lower()}", f"{t.natural} . {c.natural}", ti)
+                    self._add_unit(f"{tname}.{c.name.lower()}", f"{t.natural} . {c.natural}", ti, ci)
 
-    def _add_unit(self, unit: str, natural: str, table: int):
+    def _add_unit(self, unit: str, natural: str, table: int, column: int):
         if unit in self._unit_index:   # a column declared twice: keep the first
             return
         self._unit_index[unit] = len(self.units)
         self.units.append(unit)
         self.unit_natural.append(natural)
         self.unit_table.append(table)
+        self.unit_column.append(column)
+
+    def unit_kinds(self) -> list[int]:
+        """Per unit, one id in ``range(4 * len(UNIT_KINDS))``: its kind (a table, a table's star, or
+        a column's type), times 4, plus 2 if it is a primary key and 1 if it is in a foreign key.
+        (A method, not a field: ``from_sqlite`` adds the foreign keys after construction.)"""
+        fk = {c for pair in self.foreign_keys for c in pair}
+        pk = set(self.primary_keys)
+        out = []
+        for u, ci in zip(self.units, self.unit_column):
+            if ci < 0:
+                kind = 1 if u.endswith(".*") else 0
+            else:
+                t = self.columns[ci].type
+                kind = UNIT_KINDS.index(t) if t in UNIT_KINDS[2:] else UNIT_KINDS.index("others")
+            out.append(4 * kind + 2 * (ci in pk) + (ci in fk))
+        return out
 
     # ---- look-ups -------------------------------------------------------------------------
     def table_index(self, name: str) -> int | None:

@@ -99,7 +99,7 @@ def make_examples(items, schemas, targets, vocab: Vocab) -> list[Example]:
                            words=[t.words for t in inter.turns],
                            targets=[vocab.encode(t, schema) for t in toks], tokens=toks,
                            source=(inter.source, inter.index), table_units=table_units(schema),
-                           unit_tables=list(schema.unit_table)))
+                           unit_tables=list(schema.unit_table), unit_kinds=schema.unit_kinds()))
     return out
 
 
@@ -150,7 +150,8 @@ def build_model(cfg: TrainConfig, vocab: Vocab) -> Text2SQL:
     model = Text2SQL(enc, vocab, decoder_size=cfg.decoder_size, turn_size=cfg.turn_size,
                      max_turn=cfg.max_turn, dropout=cfg.dropout, unit_mask=cfg.unit_mask,
                      utterance_rnn=cfg.utterance_rnn, previous_utterances=cfg.previous_utterances,
-                     joint_layers=cfg.joint_layers, previous_tables=cfg.previous_tables)
+                     joint_layers=cfg.joint_layers, previous_tables=cfg.previous_tables,
+                     unit_types=cfg.unit_types)
     if cfg.fix_bert and cfg.cache_dir:
         from .encoder_cache import EncoderCache, encoder_fingerprint
         model.disk_cache = EncoderCache(cfg.cache_dir, encoder_fingerprint(enc))
