@@ -2,16 +2,18 @@
 
     turn t of an interaction (plus a DB-only pre-turn before turn 1)
       encoder    [CLS] utterance [SEP] unit [SEP] ...     -> tokens [W, H], units [U, H]
+      features   units += name-match features (+ --unit_types: kind and key role)
       (joint)    --joint_layers: self-attention over [tokens; units] together
       attention  tokens <-> units, residual               -> tokens', units'
       turn RNN   summary(tokens', units') per turn        -> history h_{t-1}, state s_t
       (BiLSTM)   --utterance_rnn: over tokens' + W h_{t-1}, residual
       decoder    init from s_t; attends over tokens' + W h_{t-1} (--previous_utterances: and the
-                 earlier turns' ones), units', previous SQL -> log_softmax over [keywords; units]
+                 earlier turns' ones), units' (--previous_tables: those of the previous SQL's tables
+                 marked), previous SQL -> log_softmax over [keywords; units]
 
-The three bracketed layers are EditSQL's (its utterance BiLSTM and its "maximum_utterances") and
+The bracketed layers are EditSQL's (its utterance BiLSTM and its "maximum_utterances") and
 RAT-SQL's (a Transformer over question and schema, without relations): off by default, they are
-what can learn on top of a frozen encoder.
+what can learn on top of a frozen encoder, as are the optional unit features.
 
 Every turn of every interaction in a batch goes through the encoder in a few length-sorted calls,
 through the turn RNN in one pass batched over interactions, and through the decoder together
