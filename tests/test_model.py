@@ -206,6 +206,58 @@ def test_unit_types_add_each_units_kind_and_key_role(concert_data, concert_schem
     assert module_of("unit_type.weight") == "attention"
 
 
+def test_query_tables_mark_the_query_so_far_alike_teacher_forced_and_step_by_step(concert_data, tmp_path):
+    tr = Trainer(cfg_for(concert_data, tmp_path, query_tables=True, remove_from=True, fix_bert=True),
+                 log=quiet, progress=False)
+    model, K = tr.model.eval(), len(tr.vocab)
+    unit_table = tr.schemas["concerts"].unit_table
+    batch = tr.train_ex[2:4]                 # stadium questions, then a singer-concert join
+    dec = model.decoder
+    with torch.no_grad():
+        out = model(batch)
+        ctx = model.contextualise(batch)
+        mem = model.memory(ctx, model.gold_previous(batch))
+        flags = dec.query_table_flags(out.targets, out.mask, mem.unit_tables)        # [Nt, L, U]
+        for n, tgt in enumerate(t for ex in batch for t in ex.targets):
+            for i in range(len(tgt)):
+                used = {unit_table[j - K] for j in tgt[:i] if j >= K}
+                want = [float(unit_table[u] in used) for u in range(len(unit_table))]
+                assert flags[n, i, :len(want)].tolist() == want
+        assert flags[:, -1].sum() > 0 and flags[:, 0].sum() == 0
+        # decoding builds the same marks one token at a time: fed the gold tokens, each step's
+        # log-probabilities are the teacher-forced ones
+        state = dec.init_state(ctx["state"])
+        prev_out = ctx["state"].new_zeros(ctx["state"].shape[0], dec.hidden)
+        tok = torch.full((ctx["state"].shape[0],), tr.vocab.go)
+        f = mem.units.new_zeros(mem.units.shape[:2])
+        for i in range(out.targets.shape[1]):
+            emb = dec.embed(tok.unsqueeze(1), mem.units)[:, 0]
+            state, prev_out, logp = dec.step(state, emb, prev_out, mem, f)
+            m = out.mask[:, i]
+            assert torch.allclose(logp[m], out.logp[m, i], atol=1e-5)
+            tok = out.targets[:, i]
+            f = dec.add_query_tables(f, tok, mem.unit_tables)
+        # the bonus changes the scores of the marked units only
+        plain = dec.scores(prev_out, mem, torch.zeros_like(f))
+        marked = dec.scores(prev_out, mem, f)
+        on = torch.cat([torch.zeros(f.shape[0], K, dtype=torch.bool), f.bool()], 1)          # [Nt, K + U]
+        valid = torch.cat([torch.ones_like(on[:, :K]), mem.unit_mask], 1)
+        diff = marked - plain       # the normaliser's change everywhere, plus the bonus where marked
+        for n in range(diff.shape[0]):
+            rest = diff[n][valid[n] & ~on[n]]
+            assert torch.allclose(rest, rest[0].expand_as(rest), atol=1e-5)
+            if on[n].any():
+                bonus = diff[n][on[n]] - rest[0]
+                assert torch.allclose(bonus, bonus[0].expand_as(bonus), atol=1e-5) and bonus[0].abs() > 1e-4
+    model.train()
+    tr.train_step(batch, Meter(K))
+    assert dec.query_table.grad is not None and dec.query_table.grad.abs().sum() > 0
+    model.eval()
+    for beam in (1, 3):
+        preds = model.predict(batch, beam=beam, constrained=True, max_len=20)
+        assert [len(p) for p in preds] == [len(e) for e in batch]
+
+
 def test_gradient_of_a_late_turn_reaches_the_first_turn(concert_data, tmp_path):
     tr = Trainer(cfg_for(concert_data, tmp_path), log=quiet, progress=False)
     model = tr.model

@@ -40,7 +40,7 @@ def real_part(a, b, mask):
     dict(max_turn=1), dict(max_turn=2), dict(max_turn=5), dict(max_turn=3, utterance_rnn=True),
     dict(max_turn=5, utterance_rnn=True, previous_utterances=2), dict(max_turn=2, previous_utterances=3),
     dict(max_turn=3, joint_layers=2), dict(max_turn=3, utterance_rnn=True, previous_tables=True),
-    dict(max_turn=2, unit_types=True)], ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items()))
+    dict(max_turn=2, unit_types=True), dict(max_turn=3, query_tables=True, remove_from=True)], ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items()))
 def test_batched_equals_one_interaction_and_one_turn_at_a_time(tmp_path, kw):
     max_turn = kw["max_turn"]
     tr = tiny_trainer(tmp_path, **kw)

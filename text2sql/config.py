@@ -58,6 +58,8 @@ class TrainConfig:
     previous_tables: bool = _f(False, "a learnt vector marks every DB unit of a table the previous query used "
                                       "(gold when teacher-forced, predicted when decoding), so a follow-up's "
                                       "column is drawn to the tables the conversation is about")
+    query_tables: bool = _f(False, "while writing a query, the decoder's pointer learns a bonus for the DB units "
+                                   "of tables the query already uses (FROM-less targets name no tables)")
     unit_types: bool = _f(False, "a learnt embedding of each DB unit's kind (table, star, or its column's type) "
                                  "and key role (primary, foreign) is added to the unit's vector")
     bert_layers: int = _f(1, "the encoder's output is the mean of its last N hidden states (1: the top layer; "

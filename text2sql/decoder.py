@@ -31,6 +31,7 @@ class DecoderMemory:
     prev: torch.Tensor           # [B, P, Dp] previous turn's SQL, encoded
     prev_mask: torch.Tensor      # [B, P] bool (all False on a first turn)
     prev_ids: torch.Tensor | None = None   # [B, P] joint ids of the previous SQL (for copying)
+    unit_tables: torch.Tensor | None = None   # [B, U] each unit's table, -1 where padded (--query_tables)
 
     def select(self, rows) -> "DecoderMemory":
         """The memory of some of the B turns (a slice or index tensor), every field alike."""
@@ -67,7 +68,7 @@ class UtteranceRNN(PreviousQueryEncoder):
 
 class Decoder(nn.Module):
     def __init__(self, dim: int, hidden: int, n_keywords: int, state_size: int, prev_size: int,
-                 dropout: float = 0.0):
+                 dropout: float = 0.0, query_tables: bool = False):
         super().__init__()
         self.hidden = hidden
         self.n_keywords = n_keywords
@@ -87,6 +88,33 @@ class Decoder(nn.Module):
         # its logit, so "the same table as before" is one step away (EditSQL's query copying)
         self.copy_proj = nn.Linear(hidden, prev_size, bias=False)
         self.dropout = nn.Dropout(dropout)
+        # --query_tables: a unit whose table the query so far already uses scores o · W · q more
+        # (as if q were added to its vector). FROM-less targets never name their tables, so this
+        # is how "the same table as the columns before" reaches the pointer.
+        self.query_table = nn.Parameter(torch.randn(dim) * 0.1) if query_tables else None
+
+    # ---- which tables the query so far uses (--query_tables) -----------------------------
+    def query_table_flags(self, targets: torch.Tensor, mask: torch.Tensor,
+                          unit_tables: torch.Tensor) -> torch.Tensor:
+        """Teacher forcing: targets [B, L] (joint ids), mask [B, L], unit_tables [B, U] -> [B, L, U]
+        float, 1 where step i's prefix (targets before i) holds a unit of the unit's table."""
+        K = self.n_keywords
+        U = unit_tables.shape[1]
+        is_unit = mask & (targets >= K)
+        tab = torch.gather(unit_tables, 1, (targets - K).clamp(min=0, max=max(U - 1, 0)))       # [B, L]
+        tab = torch.where(is_unit, tab, torch.full_like(tab, -2))
+        hit = (tab.unsqueeze(2) == unit_tables.unsqueeze(1)).to(torch.int32)                  # [B, L, U]
+        seen = hit.cumsum(1) - hit                       # tokens strictly before each step
+        return ((seen > 0) & (unit_tables >= 0).unsqueeze(1)).to(self.query_table.dtype)
+
+    def add_query_tables(self, flags: torch.Tensor, tok: torch.Tensor, unit_tables: torch.Tensor) -> torch.Tensor:
+        """Decoding: flags [B, U] after the tokens so far, the token just chosen tok [B] -> flags
+        after it."""
+        K = self.n_keywords
+        U = unit_tables.shape[1]
+        tab = torch.gather(unit_tables, 1, (tok - K).clamp(min=0, max=max(U - 1, 0)).unsqueeze(1))   # [B, 1]
+        tab = torch.where(tok.unsqueeze(1) >= K, tab, torch.full_like(tab, -2))
+        return torch.maximum(flags, ((unit_tables == tab) & (unit_tables >= 0)).to(flags.dtype))
 
     # ---- embeddings of tokens in the joint space ----------------------------------------
     def embed(self, ids: torch.Tensor, units: torch.Tensor) -> torch.Tensor:
@@ -114,18 +142,26 @@ class Decoder(nn.Module):
         out = torch.tanh(self.fuse(torch.cat([x, h, c_utt, c_db, c_prev], -1)))  # [B, hidden]
         return (h, c), self.dropout(out)
 
-    def step(self, state, prev_emb, prev_out, mem: DecoderMemory):
-        """One step for B turns -> (state, fused output [B, hidden], log-probs [B, K + U])."""
+    def step(self, state, prev_emb, prev_out, mem: DecoderMemory, flags: torch.Tensor | None = None):
+        """One step for B turns -> (state, fused output [B, hidden], log-probs [B, K + U]).
+        ``flags`` [B, U]: --query_tables' marks after the tokens so far."""
         state, out = self.recur(state, prev_emb, prev_out, mem)
-        return state, out, self.scores(out, mem)
+        return state, out, self.scores(out, mem, flags)
 
-    def scores(self, out: torch.Tensor, mem: DecoderMemory) -> torch.Tensor:
-        """Fused outputs [B, hidden] or [B, L, hidden] -> log-probs [B, K + U] or [B, L, K + U]."""
+    def scores(self, out: torch.Tensor, mem: DecoderMemory, flags: torch.Tensor | None = None) -> torch.Tensor:
+        """Fused outputs [B, hidden] or [B, L, hidden] -> log-probs [B, K + U] or [B, L, K + U];
+        flags [B, U] or [B, L, U] with --query_tables."""
         single = out.dim() == 2
         if single:
             out = out.unsqueeze(1)
         kw = self.keyword_out(out)                                           # [B, L, K]
-        db = torch.einsum("blh,buh->blu", self.db_proj(out), mem.units)      # [B, L, U]
+        proj = self.db_proj(out)                                             # [B, L, H]
+        db = torch.einsum("blh,buh->blu", proj, mem.units)                   # [B, L, U]
+        if self.query_table is not None:
+            if flags is None:
+                raise ValueError("--query_tables: the decoder needs the tables of the query so far")
+            flags = flags.unsqueeze(1) if flags.dim() == 2 else flags
+            db = db + (proj @ self.query_table).unsqueeze(-1) * flags        # [B, L, U]
         logits = torch.cat([kw, db], -1)                                     # [B, L, K + U]
         if mem.prev_ids is not None and mem.prev.shape[1] > 0:
             copy = torch.einsum("bld,bpd->blp", self.copy_proj(out), mem.prev)   # [B, L, P]
@@ -137,7 +173,7 @@ class Decoder(nn.Module):
         logp = torch.log_softmax(logits, -1)
         return logp[:, 0] if single else logp
 
-    def forward(self, turn_state, targets, mem: DecoderMemory, go: int):
+    def forward(self, turn_state, targets, mem: DecoderMemory, go: int, targets_mask=None):
         """Teacher forcing. targets [B, L] joint ids; returns log-probs [B, L, K + U].
 
         Only the LSTM, the attention and the fusion are recurrent; the output layer runs once over
@@ -151,4 +187,8 @@ class Decoder(nn.Module):
         for i in range(L):
             state, prev_out = self.recur(state, emb[:, i], prev_out, mem)
             outs.append(prev_out)
-        return self.scores(torch.stack(outs, 1), mem)                         # [B, L, K + U]
+        flags = None
+        if self.query_table is not None:
+            flags = self.query_table_flags(targets, targets_mask if targets_mask is not None
+                                           else torch.ones_like(targets, dtype=torch.bool), mem.unit_tables)
+        return self.scores(torch.stack(outs, 1), mem, flags)                  # [B, L, K + U]

@@ -127,6 +127,13 @@ def _apply(logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return logp.masked_fill(~mask.to(logp.device), NEG)
 
 
+def _no_tables(decoder, mem: DecoderMemory) -> torch.Tensor | None:
+    """--query_tables' marks before the first token: no table used yet ([B, U] zeros)."""
+    if decoder.query_table is None:
+        return None
+    return mem.units.new_zeros(mem.units.shape[:2])
+
+
 @torch.no_grad()
 def greedy(decoder, turn_state, mem: DecoderMemory, vocab: Vocab, grammar: Grammar | None,
            max_len: int = 100) -> list[list[int]]:
@@ -137,9 +144,10 @@ def greedy(decoder, turn_state, mem: DecoderMemory, vocab: Vocab, grammar: Gramm
     tok = torch.full((B, 1), vocab.go, dtype=torch.long, device=turn_state.device)
     seqs: list[list[int]] = [[] for _ in range(B)]
     done = [False] * B
+    flags = _no_tables(decoder, mem)
     for _ in range(max_len):
         emb = decoder.embed(tok, mem.units)[:, 0]
-        state, prev_out, logp = decoder.step(state, emb, prev_out, mem)
+        state, prev_out, logp = decoder.step(state, emb, prev_out, mem, flags)
         if grammar is not None:
             logp = _apply(logp, torch.stack([grammar.allowed(s, logp.shape[1], b) for b, s in enumerate(seqs)]))
         nxt = logp.argmax(-1).tolist()
@@ -152,6 +160,8 @@ def greedy(decoder, turn_state, mem: DecoderMemory, vocab: Vocab, grammar: Gramm
         if all(done):
             break
         tok = torch.tensor(nxt, device=turn_state.device).unsqueeze(1)
+        if flags is not None:
+            flags = decoder.add_query_tables(flags, tok[:, 0], mem.unit_tables)
     return seqs
 
 
@@ -180,9 +190,10 @@ def beam_search(decoder, turn_state, mem: DecoderMemory, vocab: Vocab, grammar: 
     finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(B)]
     done = [False] * B
     tok = torch.full((n,), vocab.go, dtype=torch.long, device=dev)
+    flags = _no_tables(decoder, m)
     for _ in range(max_len):
         emb = decoder.embed(tok.unsqueeze(1), m.units)[:, 0]
-        (h, c), out, logp = decoder.step(state, emb, prev_out, m)           # logp [n, V]
+        (h, c), out, logp = decoder.step(state, emb, prev_out, m, flags)    # logp [n, V]
         V = logp.shape[1]
         if grammar is not None:
             free = torch.ones(V, dtype=torch.bool)
@@ -222,6 +233,8 @@ def beam_search(decoder, turn_state, mem: DecoderMemory, vocab: Vocab, grammar: 
         state, prev_out = (h[idx], c[idx]), out[idx]
         scores = to_device(new_scores, scores.dtype, dev)
         tok = to_device(toks, torch.long, dev)
+        if flags is not None:
+            flags = decoder.add_query_tables(flags[idx], tok, m.unit_tables)
     return [max(f, key=lambda x: x[0])[1] if f else (s[0] if s else []) for f, s in zip(finished, seqs)]
 
 

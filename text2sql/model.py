@@ -127,7 +127,8 @@ class Text2SQL(nn.Module):
     def __init__(self, encoder: SchemaEncoder, vocab: Vocab, decoder_size: int = 300,
                  turn_size: int = 300, max_turn: int = 5, dropout: float = 0.1,
                  unit_mask: bool = False, utterance_rnn: bool = False, previous_utterances: int = 0,
-                 joint_layers: int = 0, previous_tables: bool = False, unit_types: bool = False):
+                 joint_layers: int = 0, previous_tables: bool = False, unit_types: bool = False,
+                 query_tables: bool = False):
         super().__init__()
         H = encoder.hidden_size
         self.vocab = vocab
@@ -140,7 +141,8 @@ class Text2SQL(nn.Module):
         self.history = nn.Linear(turn_size, H)          # the history, added to utterance tokens
         self.prev_encoder = PreviousQueryEncoder(H, decoder_size)
         self.decoder = Decoder(H, decoder_size, len(vocab), state_size=2 * turn_size,
-                               prev_size=self.prev_encoder.out_size, dropout=dropout)
+                               prev_size=self.prev_encoder.out_size, dropout=dropout,
+                               query_tables=query_tables)
         self.drop = nn.Dropout(dropout)
         # utterance-level mask: which DB units this turn can be about (trained on the gold's units)
         self.relevance = nn.Linear(H, 1) if unit_mask else None
@@ -295,16 +297,19 @@ class Text2SQL(nn.Module):
             # the decoder starts from the history and this turn's state together
             "state": torch.cat([hist, state], -1),                             # [Nt, 2S]
         }
-        if self.prev_table is not None:
+        if self.needs_unit_tables():
             ctx["unit_tables"] = self.unit_tables([ex for ex in examples for _ in range(len(ex))],
                                                   units.shape[1], dev)           # [Nt, U]
         return ctx
+
+    def needs_unit_tables(self) -> bool:
+        return self.prev_table is not None or self.decoder.query_table is not None
 
     def unit_tables(self, turns: list[Example], U: int, device) -> torch.Tensor:
         """[Nt, U] the table of each unit of each turn's schema (-1 where padded)."""
         for ex in turns:
             if ex.unit_tables is None:
-                raise ValueError(f"--previous_tables needs Example.unit_tables ({ex.db_id})")
+                raise ValueError(f"--previous_tables and --query_tables need Example.unit_tables ({ex.db_id})")
         return to_device([ex.unit_tables + [-1] * (U - len(ex.unit_tables)) for ex in turns],
                          torch.long, device)
 
@@ -367,7 +372,7 @@ class Text2SQL(nn.Module):
         prev, prev_mask, ids = self.previous(units, prev_ids)
         return DecoderMemory(utt=part["utt"], utt_mask=part["utt_mask"], units=units,
                              unit_mask=self.decoding_mask(part), prev=prev, prev_mask=prev_mask,
-                             prev_ids=ids)
+                             prev_ids=ids, unit_tables=part.get("unit_tables"))
 
     def previous_table_flags(self, unit_tables: torch.Tensor, prev_ids: list[list[int]]) -> torch.Tensor:
         """unit_tables [Nt, U], each turn's previous SQL (joint ids) -> [Nt, U] float: 1 where the
@@ -395,7 +400,7 @@ class Text2SQL(nn.Module):
         flat = [t for ex in examples for t in ex.targets]
         dev = ctx["utt"].device
         targets, mask = pad_ids(flat, dev)                                  # [Nt, L]
-        logp = self.decoder(ctx["state"], targets, mem, go=self.vocab.go)
+        logp = self.decoder(ctx["state"], targets, mem, go=self.vocab.go, targets_mask=mask)
         turn_index = to_device([t for ex in examples for t in range(len(ex))], torch.long, dev)
         rel = None
         if self.relevance is not None and self.training:
@@ -430,12 +435,13 @@ class Text2SQL(nn.Module):
                     tokens = torch.cat([p[0] for p in parts], 1)
                     tok_mask = torch.cat([p[1] for p in parts], 1)
                 ctx = {"utt": tokens, "utt_mask": tok_mask, "units": units, "unit_mask": unit_mask}
-                if self.prev_table is not None:
+                if self.needs_unit_tables():
                     ctx["unit_tables"] = self.unit_tables([ex], units.shape[1], units.device)
                 prev = ex.targets[t - 1][:-1] if t > 0 and self.max_turn > 1 else []
                 mem = self.memory(ctx, [prev])
                 tgt, mask = pad_ids([ex.targets[t]], utt.device)                  # [1, L]
-                logps.append(self.decoder(torch.cat([hist, state], -1), tgt, mem, go=self.vocab.go))
+                logps.append(self.decoder(torch.cat([hist, state], -1), tgt, mem, go=self.vocab.go,
+                                          targets_mask=mask))
                 targets.append(tgt)
                 masks.append(mask)
                 turn_index.append(t)

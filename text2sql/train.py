@@ -151,7 +151,7 @@ def build_model(cfg: TrainConfig, vocab: Vocab) -> Text2SQL:
                      max_turn=cfg.max_turn, dropout=cfg.dropout, unit_mask=cfg.unit_mask,
                      utterance_rnn=cfg.utterance_rnn, previous_utterances=cfg.previous_utterances,
                      joint_layers=cfg.joint_layers, previous_tables=cfg.previous_tables,
-                     unit_types=cfg.unit_types)
+                     unit_types=cfg.unit_types, query_tables=cfg.query_tables)
     if cfg.fix_bert and cfg.cache_dir:
         from .encoder_cache import EncoderCache, encoder_fingerprint
         model.disk_cache = EncoderCache(cfg.cache_dir, encoder_fingerprint(enc))
