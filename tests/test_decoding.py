@@ -63,6 +63,9 @@ def test_grammar_allows_each_clause_once_per_select(concert_schema):
     f = ["select", "singer.name", "from", "singer"]
     assert ok(f, "join") and not ok(w, "join") and not ok(["select", "singer.name"], "join")
     assert not ok(f + ["where", "singer.age", ">", "value"], "join") and not ok(f, "from")
+    # SELECT starts a query: first, after "(" or after a set operation, nowhere else
+    assert not ok(["select", "singer.name"], "select") and not ok(w, "select")
+    assert ok(w + ["intersect"], "select") and ok(w[:-1] + ["("], "select")
     # what the reader refuses, the grammar never produces
     with pytest.raises(Exception, match="appears twice"):
         tokens_to_sql(w + ["where", "singer.age", "<", "value"], concert_schema)

@@ -87,6 +87,9 @@ class Grammar:
             ok[list(used)] = False
         if not in_from:
             ok[self.from_only] = False
+        # SELECT starts a query: only first, after "(" (a subquery) or after a set operation
+        if last != self.open_paren and last not in self.set_ops:
+            ok[self.select] = False
         return ok
 
     def scan(self, prefix: list[int]) -> tuple[int, set[int], bool]:
