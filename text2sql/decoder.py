@@ -39,6 +39,22 @@ class DecoderMemory:
                                 for f in fields(self)})
 
 
+def unit_table_ids(ids: torch.Tensor, unit_tables: torch.Tensor, n_keywords: int,
+                   mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Joint ids [B, L] (and which are real, mask [B, L]) -> [B, L] the table of each unit id, -1 for
+    keywords and padding. unit_tables [B, U]: each unit's table (-1 where padded)."""
+    K, U = n_keywords, unit_tables.shape[1]
+    tab = torch.gather(unit_tables, 1, (ids - K).clamp(min=0, max=max(U - 1, 0)))       # [B, L]
+    keep = ids >= K if mask is None else mask & (ids >= K)
+    return torch.where(keep, tab, torch.full_like(tab, -1))
+
+
+def same_table(tab: torch.Tensor, unit_tables: torch.Tensor) -> torch.Tensor:
+    """Tables tab [B, L] (-1: none), unit_tables [B, U] -> [B, L, U] bool: unit u belongs to
+    table tab[b, l]."""
+    return (tab.unsqueeze(2) == unit_tables.unsqueeze(1)) & (tab >= 0).unsqueeze(2)
+
+
 class PreviousQueryEncoder(nn.Module):
     """A BiLSTM over the previous turn's SQL tokens (keyword embeddings and unit vectors)."""
 
@@ -94,27 +110,20 @@ class Decoder(nn.Module):
         self.query_table = nn.Parameter(torch.randn(dim) * 0.1) if query_tables else None
 
     # ---- which tables the query so far uses (--query_tables) -----------------------------
-    def query_table_flags(self, targets: torch.Tensor, mask: torch.Tensor,
+    def query_table_flags(self, targets: torch.Tensor, mask: torch.Tensor | None,
                           unit_tables: torch.Tensor) -> torch.Tensor:
         """Teacher forcing: targets [B, L] (joint ids), mask [B, L], unit_tables [B, U] -> [B, L, U]
         float, 1 where step i's prefix (targets before i) holds a unit of the unit's table."""
-        K = self.n_keywords
-        U = unit_tables.shape[1]
-        is_unit = mask & (targets >= K)
-        tab = torch.gather(unit_tables, 1, (targets - K).clamp(min=0, max=max(U - 1, 0)))       # [B, L]
-        tab = torch.where(is_unit, tab, torch.full_like(tab, -2))
-        hit = (tab.unsqueeze(2) == unit_tables.unsqueeze(1)).to(torch.int32)                  # [B, L, U]
+        hit = same_table(unit_table_ids(targets, unit_tables, self.n_keywords, mask), unit_tables)
+        hit = hit.to(torch.int32)                                                   # [B, L, U]
         seen = hit.cumsum(1) - hit                       # tokens strictly before each step
-        return ((seen > 0) & (unit_tables >= 0).unsqueeze(1)).to(self.query_table.dtype)
+        return (seen > 0).to(self.query_table.dtype)
 
     def add_query_tables(self, flags: torch.Tensor, tok: torch.Tensor, unit_tables: torch.Tensor) -> torch.Tensor:
         """Decoding: flags [B, U] after the tokens so far, the token just chosen tok [B] -> flags
         after it."""
-        K = self.n_keywords
-        U = unit_tables.shape[1]
-        tab = torch.gather(unit_tables, 1, (tok - K).clamp(min=0, max=max(U - 1, 0)).unsqueeze(1))   # [B, 1]
-        tab = torch.where(tok.unsqueeze(1) >= K, tab, torch.full_like(tab, -2))
-        return torch.maximum(flags, ((unit_tables == tab) & (unit_tables >= 0)).to(flags.dtype))
+        tab = unit_table_ids(tok.unsqueeze(1), unit_tables, self.n_keywords)        # [B, 1]
+        return torch.maximum(flags, same_table(tab, unit_tables)[:, 0].to(flags.dtype))
 
     # ---- embeddings of tokens in the joint space ----------------------------------------
     def embed(self, ids: torch.Tensor, units: torch.Tensor) -> torch.Tensor:
@@ -189,6 +198,5 @@ class Decoder(nn.Module):
             outs.append(prev_out)
         flags = None
         if self.query_table is not None:
-            flags = self.query_table_flags(targets, targets_mask if targets_mask is not None
-                                           else torch.ones_like(targets, dtype=torch.bool), mem.unit_tables)
+            flags = self.query_table_flags(targets, targets_mask, mem.unit_tables)
         return self.scores(torch.stack(outs, 1), mem, flags)                  # [B, L, K + U]

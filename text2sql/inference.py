@@ -71,7 +71,7 @@ class Conversation:
         self.words.append(tokenize_utterance(question) if isinstance(question, str) else list(question))
         ex = Example(db_id=self.schema.db_id, unit_texts=self.schema.unit_natural, words=list(self.words),
                      targets=[[] for _ in self.words], table_units=self.tables,
-                     unit_tables=list(self.schema.unit_table), unit_kinds=self.kinds)
+                     unit_tables=self.schema.unit_table, unit_kinds=self.kinds)
         # predict runs without gradients itself
         self.done = self.model.predict([ex], beam=self.beam, constrained=self.constrained,
                                        known=[self.done])[0]

@@ -30,7 +30,8 @@ import torch
 from torch import nn
 
 from .attention import JointLayer, UtteranceDBAttention
-from .decoder import NEG, Decoder, DecoderMemory, PreviousQueryEncoder, UtteranceRNN
+from .decoder import (NEG, Decoder, DecoderMemory, PreviousQueryEncoder, UtteranceRNN, same_table,
+                      unit_table_ids)
 from .encoder import SchemaEncoder
 from .encoder_cache import entry_key
 from .schema import UNIT_KINDS
@@ -377,13 +378,9 @@ class Text2SQL(nn.Module):
     def previous_table_flags(self, unit_tables: torch.Tensor, prev_ids: list[list[int]]) -> torch.Tensor:
         """unit_tables [Nt, U], each turn's previous SQL (joint ids) -> [Nt, U] float: 1 where the
         unit's table is one a unit of the previous SQL belongs to."""
-        K = len(self.vocab)
         ids, mask = pad_ids(prev_ids, unit_tables.device)                         # [Nt, P]
-        is_unit = mask & (ids >= K)
-        prev_tab = torch.gather(unit_tables, 1, (ids - K).clamp(min=0, max=unit_tables.shape[1] - 1))  # [Nt, P]
-        prev_tab = torch.where(is_unit, prev_tab, torch.full_like(prev_tab, -2))   # -2 matches nothing
-        hit = (unit_tables.unsqueeze(2) == prev_tab.unsqueeze(1)).any(2)           # [Nt, U]
-        return (hit & (unit_tables >= 0)).to(self.prev_table.dtype)
+        tab = unit_table_ids(ids, unit_tables, len(self.vocab), mask)             # [Nt, P]
+        return same_table(tab, unit_tables).any(1).to(self.prev_table.dtype)      # [Nt, U]
 
     def gold_previous(self, examples: list[Example]) -> list[list[int]]:
         out = []

@@ -99,7 +99,7 @@ def make_examples(items, schemas, targets, vocab: Vocab) -> list[Example]:
                            words=[t.words for t in inter.turns],
                            targets=[vocab.encode(t, schema) for t in toks], tokens=toks,
                            source=(inter.source, inter.index), table_units=table_units(schema),
-                           unit_tables=list(schema.unit_table), unit_kinds=schema.unit_kinds()))
+                           unit_tables=schema.unit_table, unit_kinds=schema.unit_kinds()))
     return out
 
 
