@@ -291,6 +291,43 @@ def test_max_turn_changes_the_computation(concert_data, tmp_path):
     assert not torch.allclose(three[2], one[2], atol=1e-4)
 
 
+def test_sample_previous_feeds_the_models_own_prediction_of_the_turn_before(concert_data, tmp_path):
+    tr = Trainer(cfg_for(concert_data, tmp_path, epochs=6), log=quiet, progress=False)
+    tr.run()
+    model, exs = tr.model, tr.train_ex
+    gold = model.gold_previous(exs)
+    model.eval()
+    want = model.predict(exs, use_gold_previous=True)          # each turn against its gold previous
+    model.train()                                              # dropout is 0: the same computation
+    ctx = model.contextualise(exs)
+    assert model.sampled_previous(exs, ctx) == gold            # off by default
+    model.sample_previous = 1.0
+    got = model.sampled_previous(exs, ctx)
+    cap = max(len(ex.targets[t]) for ex in exs for t in range(len(ex) - 1)) + 10   # its decoding's bound
+    i, differ = 0, 0
+    for ex, ps in zip(exs, want):
+        assert got[i] == []                                    # a first turn has no previous query
+        for t in range(1, len(ex)):
+            assert got[i + t] == ps[t - 1][:cap]
+            differ += got[i + t] != gold[i + t]
+        i += len(ex)
+    assert differ > 0                                          # some predictions are wrong ones
+    model.eval()                                               # never outside training
+    assert model.sampled_previous(exs, model.contextualise(exs)) == gold
+    # a training step with half the follow-ups sampled learns, and the draws follow the seed
+    model.train()
+    model.sample_previous = 0.5
+    torch.manual_seed(3)
+    a = model.sampled_previous(exs, ctx)
+    torch.manual_seed(3)
+    assert model.sampled_previous(exs, ctx) == a
+    before = [p.detach().clone() for p in model.decoder.parameters()]
+    loss = tr.train_step(exs[:2], Meter(len(tr.vocab)))
+    assert loss == loss and abs(loss) < float("inf")
+    assert any(not torch.equal(b, p) for b, p in zip(before, model.decoder.parameters()))
+    assert model.decoder.training                              # sampling gave training mode back
+
+
 def test_teacher_forced_string_accuracy_equals_greedy_exact_match(concert_data, tmp_path):
     tr = Trainer(cfg_for(concert_data, tmp_path, epochs=12), log=quiet, progress=False)
     tr.run()

@@ -62,6 +62,10 @@ class TrainConfig:
                                    "of tables the query already uses (FROM-less targets name no tables)")
     unit_types: bool = _f(False, "a learnt embedding of each DB unit's kind (table, star, or its column's type) "
                                  "and key role (primary, foreign) is added to the unit's vector")
+    sample_previous: float = _f(0.0, "scheduled sampling of the previous query: in training, this share of follow-up "
+                                     "turns reads the model's own greedy prediction of the turn before (made "
+                                     "against its gold previous query) instead of the gold query, as decoding "
+                                     "does; 0: always gold, as EditSQL")
     bert_layers: int = _f(1, "the encoder's output is the mean of its last N hidden states (1: the top layer; "
                              "BERT's feature-based recipe averages the last 4)")
     fix_bert: bool = _f(False, "freeze the encoder (its outputs are then computed once and cached)")

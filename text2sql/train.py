@@ -152,6 +152,10 @@ def build_model(cfg: TrainConfig, vocab: Vocab) -> Text2SQL:
                      utterance_rnn=cfg.utterance_rnn, previous_utterances=cfg.previous_utterances,
                      joint_layers=cfg.joint_layers, previous_tables=cfg.previous_tables,
                      unit_types=cfg.unit_types, query_tables=cfg.query_tables)
+    if cfg.sample_previous and cfg.unbatched:
+        raise ValueError("--sample_previous is not implemented for --unbatched (the reference path reads "
+                         "gold previous queries only)")
+    model.sample_previous = cfg.sample_previous
     if cfg.fix_bert and cfg.cache_dir:
         from .encoder_cache import EncoderCache, encoder_fingerprint
         model.disk_cache = EncoderCache(cfg.cache_dir, encoder_fingerprint(enc))
