@@ -98,6 +98,15 @@ def pad_ids(seqs: list[list[int]], device) -> tuple[torch.Tensor, torch.Tensor]:
     return to_device(ids, torch.long, device), to_device(mask, torch.bool, device)
 
 
+def turn_starts(examples) -> list[int]:
+    """Where each interaction's first turn sits among all turns of the batch, laid out in order."""
+    out, r = [], 0
+    for ex in examples:
+        out.append(r)
+        r += len(ex)
+    return out
+
+
 @dataclass
 class Example:
     """One interaction, ready for the model."""
@@ -406,25 +415,22 @@ class Text2SQL(nn.Module):
         gold = self.gold_previous(examples)
         if not self.training or self.sample_previous <= 0 or self.max_turn <= 1:
             return gold
-        starts, r = [], 0
-        for ex in examples:
-            starts.append(r)
-            r += len(ex)
+        starts = turn_starts(examples)
         follow = [starts[b] + t for b, ex in enumerate(examples) for t in range(1, len(ex))]
         draw = torch.rand(len(follow)) < self.sample_previous                  # [follow-ups]
         swap = [i for i, d in zip(follow, draw.tolist()) if d]      # turns that read a prediction
         if not swap:
             return gold
         from .decoding import greedy
-        flat = [t for ex in examples for t in ex.targets]
         rows = [i - 1 for i in swap]                                 # the turns to predict
         was = self.decoder.training
         self.decoder.eval()
         with torch.no_grad():
             rows_t = to_device(rows, torch.long, ctx["utt"].device)
             mem = self.memory(ctx, [gold[i] for i in rows], rows_t)
+            # gold[i] is turn i-1's target without its end token: the longest, plus 10 steps
             preds = greedy(self.decoder, ctx["state"][rows_t], mem, self.vocab, None,
-                           max_len=max(len(flat[i]) for i in rows) + 10)
+                           max_len=max(len(gold[i]) for i in swap) + 11)
         self.decoder.train(was)
         out = list(gold)
         for i, p in zip(swap, preds):
@@ -520,10 +526,7 @@ class Text2SQL(nn.Module):
         grammar = Grammar(self.vocab) if constrained else None
         tables = [ex.table_units for ex in examples]
         ctx = self.contextualise(examples)
-        starts, r = [], 0
-        for ex in examples:
-            starts.append(r)
-            r += len(ex)
+        starts = turn_starts(examples)
         preds = [[None] * len(ex) for ex in examples]
         for i, k in enumerate(known or []):
             preds[i][:len(k)] = k
