@@ -15,7 +15,8 @@
 # for epochs 11-16.
 # Without CUDA the encoder is frozen and its outputs cached (--fix_bert: about 67 minutes on one CPU
 # thread, plus 20 to fill the cache the first time); with CUDA it is fine-tuned in bf16
-# (--device cuda --amp --lr_bert 1e-5, not yet run).
+# (--device cuda --amp --lr_bert 1e-5, not yet run). On CPU, extra flags with --tune_top_layers N
+# fine-tune BERT's top N layers instead of freezing it all (their own --lr_bert).
 # Re-running the script continues where it stopped: a finished phase is skipped, a stopped one
 # resumed from its last.pt.
 set -euo pipefail
@@ -24,6 +25,8 @@ RUN="${2:-logs/sparc_official}"
 shift 2 || shift $# || true
 if python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
   ENCODER=(--device cuda --amp --lr_bert 1e-5)
+elif [[ " $* " == *" --tune_top_layers "* ]]; then
+  ENCODER=()           # the top layers fine-tuned over the frozen rest (the flag's own freezing)
 else
   ENCODER=(--fix_bert)
 fi

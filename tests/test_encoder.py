@@ -317,3 +317,74 @@ def test_bert_attention_dropout_zero_takes_the_fused_kernel():
             e([["show", "singers"] * 20], [UNITS * 10])
         saved[p] = total[0]
     assert saved[0.0] < 0.7 * saved[None], saved
+
+
+# ---- --tune_top_layers: a frozen bottom computed once, the top layers run over it ---------------
+@pytest.mark.parametrize("layers,tuned", [(1, 1), (2, 1), (4, 1), (2, 2), (4, 3)])
+def test_tuned_top_over_cached_bottom_states_equals_the_whole_bert(layers, tuned):
+    """forward(states=bottom_states(...)) runs only the top layers, yet gives what the whole BERT
+    gives, for every mix of averaged hidden states that are frozen, the split point, and tuned;
+    over a schema cut into several passes and a pre-turn. Kept in float16, the states stay close."""
+    if not HAVE_DEFAULT:
+        pytest.skip("tiny_bert reads the default package's vocab.txt")
+    torch.manual_seed(1)
+    bert, tok = tiny_bert(layers=4, dropout=0.0)
+    e = SchemaEncoder(bert, tok, max_len=24, layers=layers).tune_top(tuned).eval()
+    utts, schemas = [["names", "of", "singers"], [], ["how", "old", "is", "xylophonists"]], [UNITS, UNITS[:5], UNITS]
+    passes = [p for w, s in zip(utts, schemas) for p in e.layout(w, s).passes]
+    assert len(passes) >= 5
+    with torch.no_grad():
+        whole = e(utts, schemas)
+    for dtype, tol in ((torch.float32, 1e-5), (torch.float16, 2e-2)):
+        e.state_dtype = dtype
+        flat = e.bottom_states(passes, torch.device("cpu"))
+        assert all(x.dtype == dtype and x.shape == (len(p.ids), 32) for (x, _), p in zip(flat, passes))
+        states, at = [], 0
+        for w, s in zip(utts, schemas):
+            n = len(e.layout(w, s).passes)
+            states.append(flat[at:at + n])
+            at += n
+        with torch.no_grad():
+            top = e(utts, schemas, states=states)
+        for a, b in ((whole.utterance, top.utterance), (whole.units, top.units), (whole.cls, top.cls)):
+            assert torch.allclose(a, b, atol=tol), (layers, tuned, dtype, (a - b).abs().max())
+
+
+def test_tune_top_trains_only_the_top_layers_with_the_same_gradient():
+    """The tuned layers get the gradient the whole BERT would give them; the embeddings and the
+    layers below get none and keep no dropout in training mode."""
+    if not HAVE_DEFAULT:
+        pytest.skip("tiny_bert reads the default package's vocab.txt")
+    torch.manual_seed(2)
+    bert, tok = tiny_bert(layers=3, dropout=0.0)
+    e = SchemaEncoder(bert, tok, max_len=24, layers=2).tune_top(1).train()
+    e.state_dtype = torch.float32
+    assert e.bert.training and not e.bert.embeddings.training
+    assert [m.training for m in e.bert.encoder.layer] == [False, False, True]
+    trainable = {n for n, p in e.bert.named_parameters() if p.requires_grad}
+    assert trainable and all(n.startswith("encoder.layer.2.") for n in trainable)
+
+    utts, schemas = [["names", "of", "singers"], []], [UNITS, UNITS[:5]]
+
+    def grads(states):
+        e.zero_grad(set_to_none=True)
+        out = e(utts, schemas, states=states)
+        (out.units.pow(2).sum() + out.utterance.pow(2).sum() + out.cls.pow(2).sum()).backward()
+        return {n: p.grad.clone() for n, p in e.bert.named_parameters() if p.grad is not None}
+
+    full = grads(None)
+    flat = e.bottom_states([p for w, s in zip(utts, schemas) for p in e.layout(w, s).passes],
+                           torch.device("cpu"))
+    n0 = len(e.layout(utts[0], schemas[0]).passes)
+    top = grads([flat[:n0], flat[n0:]])
+    assert set(full) == set(top) == trainable
+    for n in trainable:
+        assert torch.allclose(full[n], top[n], atol=1e-5), n
+    assert any(g.abs().sum() > 0 for g in top.values())
+
+
+def test_tune_top_refuses_all_or_no_layers(tiny):
+    bert, tok = tiny
+    for k in (0, 2):
+        with pytest.raises(EncoderLoadError, match=f"--tune_top_layers {k}: this encoder has 2 layers"):
+            SchemaEncoder(bert, tok).tune_top(k)

@@ -86,3 +86,47 @@ def test_without_memoising_the_frozen_encoder_runs_every_time_with_the_same_outp
         for x, y in zip(cached, again):
             assert torch.allclose(x, y, atol=1e-6)
     assert len(calls) == 2 and tr.model.disk_cache.hits == hits
+
+
+def test_tuned_runs_share_the_frozen_layers_states_on_disk(concert_data, tmp_path):
+    """--tune_top_layers: a second run reads every frozen state from disk, whatever its tuned
+    layer holds; a corrupt entry is recomputed; other frozen weights use another folder."""
+    cache = str(tmp_path / "cache")
+    a = Trainer(cfg_for(concert_data, tmp_path / "a", tune_top_layers=1, cache_dir=cache), log=quiet, progress=False)
+    a.model.eval()
+    with torch.no_grad():
+        first = encode_all(a)
+    files = sorted(glob.glob(os.path.join(cache, "*", "*", "*.pt")))
+    assert len(files) == len({(e.db_id, tuple(w)) for e in a.train_ex for w in [[]] + e.words})
+
+    b = Trainer(cfg_for(concert_data, tmp_path / "b", tune_top_layers=1, cache_dir=cache), log=quiet, progress=False)
+    from text2sql.encoder_cache import encoder_fingerprint
+    with torch.no_grad():                      # the tuned layer may differ: the folder is the same
+        b.model.encoder.bert.encoder.layer[-1].output.dense.bias.add_(1.0)
+    assert encoder_fingerprint(b.model.encoder) == os.path.basename(a.model.disk_cache.dir)
+    b.model.load_state_dict(a.model.state_dict())
+
+    def boom(*args, **kw):
+        raise AssertionError("the frozen layers ran although every input was cached")
+    b.model.encoder.bottom_states = boom
+    b.model.eval()
+    with torch.no_grad():
+        second = encode_all(b)
+    assert b.model.disk_cache.hits == len(files) and b.model.disk_cache.misses == 0
+    for x, y in zip(first, second):
+        assert torch.equal(x, y)
+
+    with open(files[0], "wb") as f:
+        f.write(b"torn")
+    c = Trainer(cfg_for(concert_data, tmp_path / "c", tune_top_layers=1, cache_dir=cache), log=quiet, progress=False)
+    with pytest.warns(UserWarning, match="unusable"):
+        encode_all(c)
+    assert c.model.disk_cache.rebuilt == 1 and c.model.disk_cache.hits == len(files) - 1
+    with torch.no_grad():
+        torch.load(files[0], weights_only=True)          # rewritten whole
+
+    with torch.no_grad():
+        c.model.encoder.bert.embeddings.word_embeddings.weight.mul_(1.01)
+    assert os.path.basename(a.model.disk_cache.dir) != encoder_fingerprint(c.model.encoder)
+    frozen = Trainer(cfg_for(concert_data, tmp_path / "d", fix_bert=True, cache_dir=cache), log=quiet, progress=False)
+    assert frozen.model.disk_cache.dir != a.model.disk_cache.dir

@@ -495,3 +495,39 @@ def test_db_split_protocol_never_shares_a_database():
     assert not tdb & vdb and len(tdb) == len(vdb) == 10
     assert max(tdb) < min(vdb)       # the first 10 in sorted order train
     assert (len(train), sum(len(i) for i in train), len(valid), sum(len(i) for i in valid)) == (225, 696, 197, 507)
+
+
+def test_tune_top_layers_trains_the_top_layer_over_frozen_states_computed_once(concert_data, tmp_path):
+    tr = Trainer(cfg_for(concert_data, tmp_path, epochs=1, tune_top_layers=1), log=quiet, progress=False)
+    model = tr.model
+    enc = model.encoder
+    n = enc.bert.config.num_hidden_layers
+    top = {k for k, p in model.named_parameters() if k.startswith(f"encoder.bert.encoder.layer.{n - 1}.")}
+    assert {k for k, p in model.named_parameters() if p.requires_grad and k.startswith("encoder.")} == top
+    bert_group = [g for g in tr.opt.param_groups if g["name"] == "bert"]
+    assert len(bert_group) == 1 and bert_group[0]["lr"] == tr.cfg.lr_bert
+    assert {id(p) for p in bert_group[0]["params"]} == {id(p) for k, p in model.named_parameters() if k in top}
+
+    calls = []
+    bottom = enc.bottom_states
+    enc.bottom_states = lambda passes, dev: calls.append(len(passes)) or bottom(passes, dev)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    tr.run()
+    filled = len(calls)
+    assert filled > 0 and len(model._bottom) >= len(tr.train_ex)
+    after = model.state_dict()
+    moved = {k for k in before if k.startswith("encoder.") and not torch.equal(before[k], after[k])}
+    assert moved and moved <= top                     # the top layer learnt; nothing below it moved
+
+    # a second epoch reads every frozen state from memory
+    tr.cfg.epochs = 2
+    tr.run()
+    assert len(calls) == filled
+    # validation read the same cached states: evaluating again gives the logged figure
+    rows = [json.loads(l) for l in open(os.path.join(tr.run_dir, "metrics.jsonl"))]
+    logged = [r for r in rows if r["split"] == "valid"][-1]
+    assert logged["epoch"] == 2
+    assert evaluate(tr.model, tr.valid_ex, tr.cfg)["token_acc"] == pytest.approx(logged["token_acc"])
+
+    with pytest.raises(ValueError, match="--tune_top_layers 1 cannot go with --fix_bert"):
+        Trainer(cfg_for(concert_data, tmp_path / "b", tune_top_layers=1, fix_bert=True), log=quiet, progress=False)

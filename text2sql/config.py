@@ -69,6 +69,9 @@ class TrainConfig:
     bert_layers: int = _f(1, "the encoder's output is the mean of its last N hidden states (1: the top layer; "
                              "BERT's feature-based recipe averages the last 4)")
     fix_bert: bool = _f(False, "freeze the encoder (its outputs are then computed once and cached)")
+    tune_top_layers: int = _f(0, "fine-tune only the encoder's top N layers (0: all of them, unless --fix_bert); "
+                                 "the embeddings and the layers below are frozen, and their outputs are "
+                                 "computed once per input and kept in memory, so a step runs only the top N")
     bert_attention_dropout: float | None = _f(None, "dropout on BERT's attention weights (default: the checkpoint's, "
                                                     "0.1 for MiniLM). 0 lets PyTorch use its fused attention "
                                                     "kernel on CPU too: there a fine-tuning step is over 2x "
@@ -76,8 +79,9 @@ class TrainConfig:
     grad_checkpointing: bool = _f(False, "recompute BERT's activations in the backward pass instead of "
                                          "keeping them: far less memory when fine-tuning on long schemas "
                                          "(see docs/performance.md), one more encoder forward per step")
-    cache_dir: str = _f(".cache/encoder", "on-disk cache of frozen-encoder outputs, shared across runs "
-                                          "('' to keep it in memory only)")
+    cache_dir: str = _f(".cache/encoder", "on-disk cache of frozen-encoder outputs (--fix_bert) and of the frozen "
+                                          "layers' outputs (--tune_top_layers: about 0.8 KB per word piece), "
+                                          "shared across runs ('' to keep it in memory only)")
     # optimisation
     epochs: int = _f(30, "epochs")
     batch_size: int = _f(1, "interactions per step")

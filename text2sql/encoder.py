@@ -163,6 +163,7 @@ class SchemaEncoder(nn.Module):
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self._pieces: dict[str, list[int]] = {}
         self._warned_truncation = False
+        self.tuned = 0           # > 0: only the top ``tuned`` layers train (see tune_top)
 
     # ---- freezing (--fix_bert) -----------------------------------------------------------
     def fix(self, fixed: bool = True):
@@ -191,10 +192,32 @@ class SchemaEncoder(nn.Module):
             self.bert.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kw)
         return self
 
+    def tune_top(self, k: int):
+        """Fine-tune only BERT's top ``k`` layers (``--tune_top_layers``). The embeddings and the
+        layers below are frozen and run without dropout, so their outputs are a function of the
+        input alone: ``bottom_states`` computes them once and ``forward(states=...)`` runs only
+        the top layers over them. On a CPU this buys the top layers' adaptation to SQL for a
+        fraction of a full fine-tuning step."""
+        n = self.bert.config.num_hidden_layers
+        if not 1 <= k < n:
+            raise EncoderLoadError(f"--tune_top_layers {k}: this encoder has {n} layers; tune 1 to {n - 1} "
+                                   "of them (all of them is plain fine-tuning, none is --fix_bert)")
+        self.tuned = k
+        self.bert.requires_grad_(False)
+        for layer in self.bert.encoder.layer[n - k:]:
+            layer.requires_grad_(True)
+        return self.train(self.training)
+
+    def _frozen_modules(self):
+        n = self.bert.config.num_hidden_layers
+        return [self.bert.embeddings, *self.bert.encoder.layer[:n - self.tuned]] if self.tuned else []
+
     def train(self, mode: bool = True):
         super().train(mode)
         if self.fixed:          # a frozen BERT must not get its dropout back with model.train()
             self.bert.eval()
+        for m in self._frozen_modules():
+            m.eval()
         return self
 
     # ---- tokenisation --------------------------------------------------------------------
@@ -257,10 +280,9 @@ class SchemaEncoder(nn.Module):
     chunk_tokens = 16384     # padded word pieces per BERT call at most: bounds activation memory
     chunk_waste = 1.15       # a call's padded size over its real pieces, past which a new call starts
 
-    def _run_bert(self, passes: list[Pass], dev):
-        """BERT over every pass, in a few calls of passes of similar length (sorted, so little
-        padding). -> (hidden [M, H]: each call's [n, T_call, H] flattened, one after the other;
-        start [P]: where pass k's first piece sits in it)."""
+    def _chunks(self, passes: list[Pass]) -> list[list[int]]:
+        """Pass indices grouped into BERT calls of passes of similar length (sorted, so little
+        padding), each at most ``chunk_tokens`` padded pieces."""
         order = sorted(range(len(passes)), key=lambda k: len(passes[k].ids))
         chunks, cur, real = [], [], 0
         for k in order:          # lengths only grow along ``order``: the new pass sets the width
@@ -272,27 +294,102 @@ class SchemaEncoder(nn.Module):
             cur.append(k)
             real += n
         chunks.append(cur)
+        return chunks
+
+    def _inputs(self, batch: list[Pass], dev):
+        """-> ids, attention mask and token types, each [n, T], right-padded."""
+        T = max(len(p.ids) for p in batch)
+        ids = [p.ids + [self.pad_id] * (T - len(p.ids)) for p in batch]
+        att = [[1] * len(p.ids) + [0] * (T - len(p.ids)) for p in batch]
+        types = [[0] * p.head_len + [1] * (len(p.ids) - p.head_len) + [0] * (T - len(p.ids)) for p in batch]
+        return (to_device(ids, torch.long, dev), to_device(att, torch.long, dev),
+                to_device(types, torch.long, dev))
+
+    def _run_bert(self, passes: list[Pass], dev, states=None):
+        """BERT over every pass, in a few calls of passes of similar length. ``states``: per pass,
+        its ``bottom_states`` (then only the tuned top layers run). -> (hidden [M, H]: each call's
+        [n, T_call, H] flattened, one after the other; start [P]: where pass k's first piece sits
+        in it)."""
         outs, start, offset = [], [0] * len(passes), 0
-        for chunk in chunks:
-            T = max(len(passes[k].ids) for k in chunk)
-            ids = [passes[k].ids + [self.pad_id] * (T - len(passes[k].ids)) for k in chunk]
-            att = [[1] * len(passes[k].ids) + [0] * (T - len(passes[k].ids)) for k in chunk]
-            types = [[0] * passes[k].head_len + [1] * (len(passes[k].ids) - passes[k].head_len)
-                     + [0] * (T - len(passes[k].ids)) for k in chunk]
-            with torch.set_grad_enabled(torch.is_grad_enabled() and not self.fixed):
-                out = self.bert(input_ids=to_device(ids, torch.long, dev),
-                                attention_mask=to_device(att, torch.long, dev),
-                                token_type_ids=to_device(types, torch.long, dev),
-                                output_hidden_states=self.layers > 1)
-                h = (out.last_hidden_state if self.layers == 1
-                     else torch.stack(out.hidden_states[-self.layers:]).mean(0))          # [n, T, H]
-            outs.append(h.reshape(len(chunk) * T, -1))
+        for chunk in self._chunks(passes):
+            ids, att, types = self._inputs([passes[k] for k in chunk], dev)
+            n, T = ids.shape
+            if states is not None:
+                h = self._run_top([states[k] for k in chunk], att)                        # [n, T, H]
+            else:
+                with torch.set_grad_enabled(torch.is_grad_enabled() and not self.fixed):
+                    out = self.bert(input_ids=ids, attention_mask=att, token_type_ids=types,
+                                    output_hidden_states=self.layers > 1)
+                    h = (out.last_hidden_state if self.layers == 1
+                         else torch.stack(out.hidden_states[-self.layers:]).mean(0))      # [n, T, H]
+            outs.append(h.reshape(n * T, -1))
             for i, k in enumerate(chunk):
                 start[k] = offset + i * T
-            offset += len(chunk) * T
+            offset += n * T
         return torch.cat(outs) if len(outs) > 1 else outs[0], start
 
-    def forward(self, utterances: list[list[str]], schemas: list[list[str]]) -> EncoderOutput:
+    # ---- the frozen bottom and the tuned top (--tune_top_layers) --------------------------
+    state_dtype = torch.float16   # the frozen layers' outputs are kept per word piece: half the bytes
+
+    @staticmethod
+    def _additive_mask(att: torch.Tensor, dtype) -> torch.Tensor:
+        """[n, T] 0/1 -> [n, 1, 1, T]: 0 where a piece is real, the dtype's minimum where padded."""
+        return (1.0 - att[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
+
+    @staticmethod
+    def _layer(layer, h, mask):
+        out = layer(h, mask)
+        return out[0] if isinstance(out, tuple) else out     # older transformers return a tuple
+
+    def _averaged(self) -> range:
+        """Indices of the hidden states averaged into the output (0: the embeddings)."""
+        n = self.bert.config.num_hidden_layers
+        return range(n + 1 - self.layers, n + 1)
+
+    @torch.no_grad()
+    def bottom_states(self, passes: list[Pass], dev) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+        """Per pass: (x [L, H], the input of the first tuned layer; rest [L, H] or None, the sum of
+        the frozen hidden states other than x that the output averages), in ``state_dtype``."""
+        split = self.bert.config.num_hidden_layers - self.tuned
+        avg = self._averaged()
+        res: list = [None] * len(passes)
+        for chunk in self._chunks(passes):
+            ids, att, types = self._inputs([passes[k] for k in chunk], dev)
+            h = self.bert.embeddings(input_ids=ids, token_type_ids=types)            # [n, T, H]
+            mask = self._additive_mask(att, h.dtype)
+            rest = h if 0 in avg and split > 0 else None
+            for i, layer in enumerate(self.bert.encoder.layer[:split], start=1):
+                h = self._layer(layer, h, mask)
+                if i in avg and i < split:
+                    rest = h if rest is None else rest + h
+            for j, k in enumerate(chunk):
+                L = len(passes[k].ids)
+                res[k] = (h[j, :L].to(self.state_dtype),
+                          None if rest is None else rest[j, :L].to(self.state_dtype))
+        return res
+
+    def _run_top(self, states, att) -> torch.Tensor:
+        """The tuned layers over one call's cached bottom states -> the averaged output [n, T, H]."""
+        n, T = att.shape
+        dtype = self.bert.encoder.layer[-1].output.dense.weight.dtype
+        pad = nn.utils.rnn.pad_sequence
+        h = pad([x for x, _ in states], batch_first=True).to(dtype)                      # [n, T, H]
+        split = self.bert.config.num_hidden_layers - self.tuned
+        avg = self._averaged()
+        total = h if split in avg else None
+        if states[0][1] is not None:
+            rest = pad([r for _, r in states], batch_first=True).to(dtype)
+            total = rest if total is None else total + rest
+        mask = self._additive_mask(att, dtype)
+        for i, layer in enumerate(self.bert.encoder.layer[split:], start=split + 1):
+            h = self._layer(layer, h, mask)
+            if i in avg:
+                total = h if total is None else total + h
+        return total / self.layers
+
+    def forward(self, utterances: list[list[str]], schemas: list[list[str]], states=None) -> EncoderOutput:
+        """``states``: with ``tune_top``, per row the ``bottom_states`` of its passes (in
+        ``layout`` order); only the tuned layers then run."""
         if len(utterances) != len(schemas) or not utterances:
             raise ValueError(f"need as many schemas as utterances (and at least one), got "
                              f"{len(utterances)} and {len(schemas)}")
@@ -303,7 +400,8 @@ class SchemaEncoder(nn.Module):
         W = max(1, max(len(w) for w in utterances))    # >= 1 so an all-pre-turn batch still has a slot
         U = max(1, max(len(s) for s in schemas))
         dev = next(self.bert.parameters()).device
-        hidden, start = self._run_bert([p for _, p in flat], dev)              # [sum of chunk sizes, H]
+        flat_states = None if states is None else [st for row in states for st in row]
+        hidden, start = self._run_bert([p for _, p in flat], dev, flat_states)  # [sum of chunk sizes, H]
 
         # Pooling as a weighted scatter: every piece adds weight * vector to its slot. A word's
         # weight is 1 / (pieces * passes), so the sum is the mean over passes of per-pass means;

@@ -17,8 +17,15 @@ import torch
 
 
 def encoder_fingerprint(encoder) -> str:
+    """With ``tune_top``, only the frozen part (embeddings and the layers below the tuned ones)
+    is hashed: the cached states are a function of it alone, and the tuned layers change."""
     h = hashlib.sha256()
-    for name, p in sorted(encoder.bert.state_dict().items()):
+    state = encoder.bert.state_dict()
+    if encoder.tuned:
+        n = encoder.bert.config.num_hidden_layers
+        frozen = ("embeddings.",) + tuple(f"encoder.layer.{i}." for i in range(n - encoder.tuned))
+        state = {k: v for k, v in state.items() if k.startswith(frozen)}
+    for name, p in sorted(state.items()):
         h.update(name.encode())
         t = p.detach().to("cpu").contiguous()
         h.update(str(t.dtype).encode())
@@ -26,6 +33,8 @@ def encoder_fingerprint(encoder) -> str:
     h.update(f"{encoder.max_len}|{len(encoder.tokenizer)}".encode())
     if encoder.layers != 1:      # (the last layer alone keeps the old fingerprints)
         h.update(f"|layers={encoder.layers}".encode())
+    if encoder.tuned:
+        h.update(f"|tuned={encoder.tuned}|{encoder.state_dtype}".encode())
     return h.hexdigest()[:24]
 
 
@@ -77,4 +86,39 @@ class EncoderCache:
         tmp = f"{path}.tmp{os.getpid()}"
         torch.save({"key": key, "utt": utt.detach().to("cpu").clone(),
                     "units": units.detach().to("cpu").clone()}, tmp)
+        os.replace(tmp, path)
+
+    # ---- --tune_top_layers: the frozen layers' per-piece outputs, per pass -----------------
+    def get_states(self, key: str, lengths: list[int]):
+        """[(x [L, H], rest [L, H] or None) per pass] or None when absent or unusable; ``lengths``:
+        the word pieces of each pass, as the encoder lays the input out now."""
+        path = self._path(key)
+        if not os.path.exists(path):
+            self.misses += 1
+            return None
+        try:
+            e = torch.load(path, map_location="cpu", weights_only=True)
+            xs, rests = e["x"], e["rest"]
+            ok = (e["key"] == key and len(xs) == len(lengths) and [x.shape[0] for x in xs] == lengths
+                  and (rests is None or [r.shape for r in rests] == [x.shape for x in xs])
+                  and all(torch.isfinite(t).all() for t in xs + (rests or [])))
+        except Exception as err:   # a torn or foreign file: say so and rebuild it
+            ok, reason = False, type(err).__name__
+        else:
+            reason = "key or shape mismatch"
+        if not ok:
+            warnings.warn(f"encoder cache entry {path} is unusable ({reason}): recomputing it")
+            self.rebuilt += 1
+            self.misses += 1
+            return None
+        self.hits += 1
+        return list(zip(xs, rests if rests is not None else [None] * len(xs)))
+
+    def put_states(self, key: str, states):
+        path = self._path(key)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.tmp{os.getpid()}"
+        rests = [r for _, r in states]
+        torch.save({"key": key, "x": [x.detach().to("cpu").clone() for x, _ in states],
+                    "rest": None if rests[0] is None else [r.detach().to("cpu").clone() for r in rests]}, tmp)
         os.replace(tmp, path)

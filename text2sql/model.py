@@ -185,7 +185,8 @@ class Text2SQL(nn.Module):
         # prediction of the turn before instead of its gold query (set by train.build_model)
         self.sample_previous = 0.0
         self._cache: dict = {}
-        self.disk_cache = None      # an EncoderCache, for a frozen encoder (see train.build_model)
+        self._bottom: dict = {}     # --tune_top_layers: (db, words) -> the frozen layers' outputs
+        self.disk_cache = None      # an EncoderCache, for a frozen or partly frozen encoder (train.build_model)
         # False: a frozen encoder runs again on every call, as EditSQL's does (the baseline of
         # scripts/bench_train.py); the outputs are the same either way
         self.memoise = True
@@ -204,8 +205,41 @@ class Text2SQL(nn.Module):
         db_ids, utterances, schemas = (list(x) for x in zip(*rows))
         if self.encoder.fixed:
             return self._encode_cached(utterances, schemas, db_ids)
-        out = self.encoder(utterances, schemas)
+        states = self._bottom_cached(utterances, schemas, db_ids) if self.encoder.tuned else None
+        out = self.encoder(utterances, schemas, states=states)
         return out.utterance, out.utterance_mask, out.units, out.unit_mask
+
+    def _bottom_cached(self, utterances, schemas, db_ids):
+        """--tune_top_layers: per row, the frozen layers' outputs for each of its passes, computed
+        once per (database, utterance) and kept in memory (about 0.8 KB per word piece)."""
+        keys = [(db, tuple(w)) for db, w in zip(db_ids, utterances)]
+        cache = self._bottom if self.memoise else {}
+        todo = list({k: i for i, k in enumerate(keys) if k not in cache}.values())
+        if not todo:
+            return [cache[k] for k in keys]
+        dev = next(self.parameters()).device
+        disk = self.disk_cache if self.memoise else None
+        layouts = {i: self.encoder.layout(utterances[i], schemas[i]) for i in todo}
+        disk_keys = {}
+        if disk is not None:
+            left = []
+            for i in todo:
+                disk_keys[i] = entry_key(db_ids[i], utterances[i], schemas[i])
+                hit = disk.get_states(disk_keys[i], [len(p.ids) for p in layouts[i].passes])
+                if hit is None:
+                    left.append(i)
+                else:
+                    cache[keys[i]] = [(x.to(dev), None if r is None else r.to(dev)) for x, r in hit]
+            todo = left
+        if todo:
+            states = self.encoder.bottom_states([p for i in todo for p in layouts[i].passes], dev)
+            at = 0
+            for i in todo:
+                cache[keys[i]] = states[at:at + len(layouts[i].passes)]
+                at += len(layouts[i].passes)
+                if disk is not None:
+                    disk.put_states(disk_keys[i], cache[keys[i]])
+        return [cache[k] for k in keys]
 
     def encode_rows(self, rows, kinds: list[list[int] | None] | None = None):
         """Encoder, schema-linking features and utterance-DB attention for each row on its own

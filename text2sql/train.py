@@ -134,8 +134,14 @@ def build_encoder(cfg: TrainConfig):
                 else {"attention_probs_dropout_prob": cfg.bert_attention_dropout})
         bert, tok = load_bert(resolve_bert(cfg.bert), **over)
     enc = SchemaEncoder(bert, tok, layers=cfg.bert_layers)
+    if cfg.tune_top_layers and (cfg.fix_bert or cfg.grad_checkpointing):
+        raise ValueError(f"--tune_top_layers {cfg.tune_top_layers} cannot go with "
+                         f"{'--fix_bert' if cfg.fix_bert else '--grad_checkpointing'}: it freezes all but the "
+                         "top layers itself, and runs them outside BERT's own checkpointed loop")
     if cfg.fix_bert:
         enc.fix()
+    elif cfg.tune_top_layers:
+        enc.tune_top(cfg.tune_top_layers)
     elif cfg.grad_checkpointing:
         enc.recompute()
     # from_pretrained hands BERT back in eval mode: without this, anything that trains before
@@ -156,7 +162,7 @@ def build_model(cfg: TrainConfig, vocab: Vocab) -> Text2SQL:
         raise ValueError("--sample_previous is not implemented for --unbatched (the reference path reads "
                          "gold previous queries only)")
     model.sample_previous = cfg.sample_previous
-    if cfg.fix_bert and cfg.cache_dir:
+    if (cfg.fix_bert or cfg.tune_top_layers) and cfg.cache_dir:
         from .encoder_cache import EncoderCache, encoder_fingerprint
         model.disk_cache = EncoderCache(cfg.cache_dir, encoder_fingerprint(enc))
     if cfg.key_init:
