@@ -328,6 +328,49 @@ def test_sample_previous_feeds_the_models_own_prediction_of_the_turn_before(conc
     assert model.decoder.training                              # sampling gave training mode back
 
 
+def test_sample_chain_feeds_predictions_made_from_predictions_as_decoding_does(concert_data, tmp_path):
+    """With --sample_chain and P = 1, every follow-up reads what decoding with its own previous
+    queries writes for the turn before: a chain, not one turn deep."""
+    tr = Trainer(cfg_for(concert_data, tmp_path, epochs=6, sample_previous=1.0, sample_chain=True),
+                 log=quiet, progress=False)
+    tr.run()
+    model, exs = tr.model, tr.train_ex
+    model.eval()
+    chain = model.predict(exs)                                 # predicted previous queries
+    model.train()
+    ctx = model.contextualise(exs)
+    seen, memory = [], model.memory
+
+    def spy(ctx, prevs, rows=None):                            # what each prediction is made from
+        if rows is not None:
+            seen.extend(zip(rows.tolist(), prevs))
+        return memory(ctx, prevs, rows)
+    model.memory = spy
+    got = model.sampled_previous(exs, ctx)
+    gold = model.gold_previous(exs)
+    # every turn is predicted from the previous query it reads itself, often a prediction
+    assert seen and all(prev == got[r] for r, prev in seen)
+    assert sum(prev != gold[r] for r, prev in seen) > 0
+    seen.clear()
+    model.sample_chain = False                                 # one turn deep: always from the gold
+    torch.manual_seed(0)
+    model.sampled_previous(exs, ctx)
+    assert seen and all(prev == gold[r] for r, prev in seen)
+    model.sample_chain = True
+    i, checked = 0, 0
+    for ex, ps in zip(exs, chain):
+        for t in range(1, len(ex)):
+            g, p = got[i + t], ps[t - 1]
+            assert len(g) > 0 and g == p[:len(g)]
+            if len(g) < len(p):   # sampling caps a runaway query sooner: the chain reads another input
+                break
+            checked += 1
+        i += len(ex)
+    assert checked > 0
+    with pytest.raises(ValueError, match="--sample_chain needs --sample_previous"):
+        Trainer(cfg_for(concert_data, tmp_path / "b", sample_chain=True), log=quiet, progress=False)
+
+
 def test_teacher_forced_string_accuracy_equals_greedy_exact_match(concert_data, tmp_path):
     tr = Trainer(cfg_for(concert_data, tmp_path, epochs=12), log=quiet, progress=False)
     tr.run()

@@ -64,8 +64,13 @@ class TrainConfig:
                                  "and key role (primary, foreign) is added to the unit's vector")
     sample_previous: float = _f(0.0, "scheduled sampling of the previous query: in training, this share of follow-up "
                                      "turns reads the model's own greedy prediction of the turn before (made "
-                                     "against its gold previous query) instead of the gold query, as decoding "
+                                     "against its gold previous query, or see --sample_chain) instead of the "
+                                     "gold query, as decoding "
                                      "does; 0: always gold, as EditSQL")
+    sample_chain: bool = _f(False, "with --sample_previous: predict each sampled previous query from the previous "
+                                   "query that turn itself reads (gold or predicted), one decoding pass per "
+                                   "turn position, so a turn can read a prediction made from a prediction, "
+                                   "as in decoding; without it each is predicted from its gold previous query")
     bert_layers: int = _f(1, "the encoder's output is the mean of its last N hidden states (1: the top layer; "
                              "BERT's feature-based recipe averages the last 4)")
     fix_bert: bool = _f(False, "freeze the encoder (its outputs are then computed once and cached)")

@@ -184,6 +184,7 @@ class Text2SQL(nn.Module):
         # --sample_previous: the share of follow-up turns that, in training, read the model's own
         # prediction of the turn before instead of its gold query (set by train.build_model)
         self.sample_previous = 0.0
+        self.sample_chain = False   # --sample_chain: predictions made from the previous query read
         self._cache: dict = {}
         self._bottom: dict = {}     # --tune_top_layers: (db, words) -> the frozen layers' outputs
         self.disk_cache = None      # an EncoderCache, for a frozen or partly frozen encoder (train.build_model)
@@ -443,32 +444,37 @@ class Text2SQL(nn.Module):
         read gold previous queries trusts them too much: with gold previous queries the best run
         matched 47% of dev questions, with its own 36%.
 
-        The predictions are made in one batched pass over the turns needed, each against its own
-        gold previous query (scheduled sampling one turn deep, not a turn-by-turn chain), with
-        the decoder's dropout off and no gradient."""
+        The predictions are made with the decoder's dropout off and no gradient. By default each
+        is made against its own gold previous query, in one batched pass over the turns needed
+        (one turn deep). With ``sample_chain`` each is made against the previous query that turn
+        itself reads, gold or predicted, one batched pass per turn position: a turn can then read
+        a prediction made from a prediction, as in decoding."""
         gold = self.gold_previous(examples)
         if not self.training or self.sample_previous <= 0 or self.max_turn <= 1:
             return gold
         starts = turn_starts(examples)
-        follow = [starts[b] + t for b, ex in enumerate(examples) for t in range(1, len(ex))]
+        follow = [(t, starts[b] + t) for b, ex in enumerate(examples) for t in range(1, len(ex))]
         draw = torch.rand(len(follow)) < self.sample_previous                  # [follow-ups]
-        swap = [i for i, d in zip(follow, draw.tolist()) if d]      # turns that read a prediction
+        swap = [(t, i) for (t, i), d in zip(follow, draw.tolist()) if d]  # turns that read a prediction
         if not swap:
             return gold
         from .decoding import greedy
-        rows = [i - 1 for i in swap]                                 # the turns to predict
+        rounds = ([[i for t, i in swap if t == pos] for pos in sorted({t for t, _ in swap})]
+                  if self.sample_chain else [[i for _, i in swap]])
+        out = list(gold)
         was = self.decoder.training
         self.decoder.eval()
         with torch.no_grad():
-            rows_t = to_device(rows, torch.long, ctx["utt"].device)
-            mem = self.memory(ctx, [gold[i] for i in rows], rows_t)
-            # gold[i] is turn i-1's target without its end token: the longest, plus 10 steps
-            preds = greedy(self.decoder, ctx["state"][rows_t], mem, self.vocab, None,
-                           max_len=max(len(gold[i]) for i in swap) + 11)
+            for turns in rounds:       # in a chain, a round reads what the rounds before wrote
+                rows = [i - 1 for i in turns]                                  # the turns to predict
+                rows_t = to_device(rows, torch.long, ctx["utt"].device)
+                mem = self.memory(ctx, [out[i] for i in rows], rows_t)
+                # gold[i] is turn i-1's target without its end token: the longest, plus 10 steps
+                preds = greedy(self.decoder, ctx["state"][rows_t], mem, self.vocab, None,
+                               max_len=max(len(gold[i]) for i in turns) + 11)
+                for i, p in zip(turns, preds):
+                    out[i] = p
         self.decoder.train(was)
-        out = list(gold)
-        for i, p in zip(swap, preds):
-            out[i] = p
         return out
 
     # ---- teacher forcing -----------------------------------------------------------------

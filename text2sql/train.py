@@ -161,7 +161,11 @@ def build_model(cfg: TrainConfig, vocab: Vocab) -> Text2SQL:
     if cfg.sample_previous and cfg.unbatched:
         raise ValueError("--sample_previous is not implemented for --unbatched (the reference path reads "
                          "gold previous queries only)")
+    if cfg.sample_chain and not cfg.sample_previous:
+        raise ValueError("--sample_chain needs --sample_previous P > 0 (it changes how the sampled "
+                         "previous queries are predicted)")
     model.sample_previous = cfg.sample_previous
+    model.sample_chain = cfg.sample_chain
     if (cfg.fix_bert or cfg.tune_top_layers) and cfg.cache_dir:
         from .encoder_cache import EncoderCache, encoder_fingerprint
         model.disk_cache = EncoderCache(cfg.cache_dir, encoder_fingerprint(enc))
