@@ -207,7 +207,7 @@ def test_conversation_encodes_each_turn_once_and_predicts_as_a_fresh_pass(concer
     assert not model.encoder.fixed
     rows = []
     forward = model.encoder.forward
-    model.encoder.forward = lambda utts, units: rows.append(len(utts)) or forward(utts, units)
+    model.encoder.forward = lambda utts, units, **kw: rows.append(len(utts)) or forward(utts, units, **kw)
     questions = ["Show all singers.", "Which of them are older than 30?", "Sort them by age."]
     talk = Conversation(model, concert_schema, beam=1, constrained=True)
     asked = [talk.ask(q) for q in questions]
