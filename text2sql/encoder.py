@@ -370,7 +370,6 @@ class SchemaEncoder(nn.Module):
 
     def _run_top(self, states, att) -> torch.Tensor:
         """The tuned layers over one call's cached bottom states -> the averaged output [n, T, H]."""
-        n, T = att.shape
         dtype = self.bert.encoder.layer[-1].output.dense.weight.dtype
         pad = nn.utils.rnn.pad_sequence
         h = pad([x for x, _ in states], batch_first=True).to(dtype)                      # [n, T, H]

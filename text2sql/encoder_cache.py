@@ -57,51 +57,16 @@ class EncoderCache:
     def _path(self, key: str) -> str:
         return os.path.join(self.dir, key[:2], f"{key}.pt")
 
-    def get(self, key: str, n_words: int, n_units: int):
-        """(utterance [W, H], units [U, H]) or None when absent or unusable."""
+    def _load(self, key: str, valid):
+        """The entry stored under ``key`` if it exists and ``valid(entry)`` holds, else None; an
+        unreadable or invalid entry is reported and counted as rebuilt."""
         path = self._path(key)
         if not os.path.exists(path):
             self.misses += 1
             return None
         try:
             e = torch.load(path, map_location="cpu", weights_only=True)
-            ok = (e["key"] == key and e["utt"].shape[0] <= n_words and e["units"].shape[0] == n_units
-                  and torch.isfinite(e["utt"]).all() and torch.isfinite(e["units"]).all())
-        except Exception as err:   # a torn or foreign file: say so and rebuild it
-            ok, e = False, None
-            reason = f"{type(err).__name__}"
-        else:
-            reason = "key or shape mismatch"
-        if not ok:
-            warnings.warn(f"encoder cache entry {path} is unusable ({reason}): recomputing it")
-            self.rebuilt += 1
-            self.misses += 1
-            return None
-        self.hits += 1
-        return e["utt"], e["units"]
-
-    def put(self, key: str, utt: torch.Tensor, units: torch.Tensor):
-        path = self._path(key)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f"{path}.tmp{os.getpid()}"
-        torch.save({"key": key, "utt": utt.detach().to("cpu").clone(),
-                    "units": units.detach().to("cpu").clone()}, tmp)
-        os.replace(tmp, path)
-
-    # ---- --tune_top_layers: the frozen layers' per-piece outputs, per pass -----------------
-    def get_states(self, key: str, lengths: list[int]):
-        """[(x [L, H], rest [L, H] or None) per pass] or None when absent or unusable; ``lengths``:
-        the word pieces of each pass, as the encoder lays the input out now."""
-        path = self._path(key)
-        if not os.path.exists(path):
-            self.misses += 1
-            return None
-        try:
-            e = torch.load(path, map_location="cpu", weights_only=True)
-            xs, rests = e["x"], e["rest"]
-            ok = (e["key"] == key and len(xs) == len(lengths) and [x.shape[0] for x in xs] == lengths
-                  and (rests is None or [r.shape for r in rests] == [x.shape for x in xs])
-                  and all(torch.isfinite(t).all() for t in xs + (rests or [])))
+            ok = e["key"] == key and valid(e)
         except Exception as err:   # a torn or foreign file: say so and rebuild it
             ok, reason = False, type(err).__name__
         else:
@@ -112,13 +77,44 @@ class EncoderCache:
             self.misses += 1
             return None
         self.hits += 1
-        return list(zip(xs, rests if rests is not None else [None] * len(xs)))
+        return e
 
-    def put_states(self, key: str, states):
+    def _save(self, key: str, tensors: dict):
+        """Written to a temporary file and renamed: a reader never sees half an entry."""
         path = self._path(key)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         tmp = f"{path}.tmp{os.getpid()}"
-        rests = [r for _, r in states]
-        torch.save({"key": key, "x": [x.detach().to("cpu").clone() for x, _ in states],
-                    "rest": None if rests[0] is None else [r.detach().to("cpu").clone() for r in rests]}, tmp)
+        torch.save({"key": key, **tensors}, tmp)
         os.replace(tmp, path)
+
+    @staticmethod
+    def _cpu(t: torch.Tensor) -> torch.Tensor:
+        return t.detach().to("cpu").clone()
+
+    def get(self, key: str, n_words: int, n_units: int):
+        """(utterance [W, H], units [U, H]) or None when absent or unusable."""
+        e = self._load(key, lambda e: (e["utt"].shape[0] <= n_words and e["units"].shape[0] == n_units
+                                       and torch.isfinite(e["utt"]).all() and torch.isfinite(e["units"]).all()))
+        return None if e is None else (e["utt"], e["units"])
+
+    def put(self, key: str, utt: torch.Tensor, units: torch.Tensor):
+        self._save(key, {"utt": self._cpu(utt), "units": self._cpu(units)})
+
+    # ---- --tune_top_layers: the frozen layers' per-piece outputs, per pass -----------------
+    def get_states(self, key: str, lengths: list[int]):
+        """[(x [L, H], rest [L, H] or None) per pass] or None when absent or unusable; ``lengths``:
+        the word pieces of each pass, as the encoder lays the input out now."""
+        def valid(e):
+            xs, rests = e["x"], e["rest"]
+            return (len(xs) == len(lengths) and [x.shape[0] for x in xs] == lengths
+                    and (rests is None or [r.shape for r in rests] == [x.shape for x in xs])
+                    and all(torch.isfinite(t).all() for t in xs + (rests or [])))
+        e = self._load(key, valid)
+        if e is None:
+            return None
+        return list(zip(e["x"], e["rest"] if e["rest"] is not None else [None] * len(e["x"])))
+
+    def put_states(self, key: str, states):
+        rests = [r for _, r in states]
+        self._save(key, {"x": [self._cpu(x) for x, _ in states],
+                         "rest": None if rests[0] is None else [self._cpu(r) for r in rests]})

@@ -210,37 +210,60 @@ class Text2SQL(nn.Module):
         out = self.encoder(utterances, schemas, states=states)
         return out.utterance, out.utterance_mask, out.units, out.unit_mask
 
-    def _bottom_cached(self, utterances, schemas, db_ids):
-        """--tune_top_layers: per row, the frozen layers' outputs for each of its passes, computed
-        once per (database, utterance) and kept in memory (about 0.8 KB per word piece)."""
+    def _memoised(self, store: dict, db_ids, utterances, schemas, load, compute, save) -> list:
+        """Per row, a frozen computation's value for its (database, utterance), each computed once:
+        from ``store`` (memory), else ``load(disk, key, i)`` from the disk cache, else
+        ``compute(rows)`` for all the rest in one call, then kept in ``store`` and written with
+        ``save(disk, key, value)``. Without ``memoise`` everything is computed again."""
         keys = [(db, tuple(w)) for db, w in zip(db_ids, utterances)]
-        cache = self._bottom if self.memoise else {}
-        todo = list({k: i for i, k in enumerate(keys) if k not in cache}.values())
-        if not todo:
-            return [cache[k] for k in keys]
-        dev = next(self.parameters()).device
-        disk = self.disk_cache if self.memoise else None
-        layouts = {i: self.encoder.layout(utterances[i], schemas[i]) for i in todo}
+        cache, disk = (store, self.disk_cache) if self.memoise else ({}, None)
+        first: dict = {}
+        for i, k in enumerate(keys):
+            first.setdefault(k, i)              # the pre-turn repeats within a batch: compute it once
+        todo = [i for k, i in first.items() if k not in cache]
         disk_keys = {}
-        if disk is not None:
+        if todo and disk is not None:
+            disk_keys = {i: entry_key(db_ids[i], utterances[i], schemas[i]) for i in todo}
             left = []
             for i in todo:
-                disk_keys[i] = entry_key(db_ids[i], utterances[i], schemas[i])
-                hit = disk.get_states(disk_keys[i], [len(p.ids) for p in layouts[i].passes])
+                hit = load(disk, disk_keys[i], i)
                 if hit is None:
                     left.append(i)
                 else:
-                    cache[keys[i]] = [(x.to(dev), None if r is None else r.to(dev)) for x, r in hit]
+                    cache[keys[i]] = hit
             todo = left
         if todo:
-            states = self.encoder.bottom_states([p for i in todo for p in layouts[i].passes], dev)
-            at = 0
-            for i in todo:
-                cache[keys[i]] = states[at:at + len(layouts[i].passes)]
-                at += len(layouts[i].passes)
+            for i, value in zip(todo, compute(todo)):
+                cache[keys[i]] = value
                 if disk is not None:
-                    disk.put_states(disk_keys[i], cache[keys[i]])
+                    save(disk, disk_keys[i], value)
         return [cache[k] for k in keys]
+
+    def _bottom_cached(self, utterances, schemas, db_ids):
+        """--tune_top_layers: per row, the frozen layers' outputs for each of its passes, computed
+        once per (database, utterance) and kept in memory (about 0.8 KB per word piece)."""
+        dev = next(self.parameters()).device
+        layouts: dict = {}
+
+        def layout(i):
+            if i not in layouts:
+                layouts[i] = self.encoder.layout(utterances[i], schemas[i])
+            return layouts[i]
+
+        def load(disk, key, i):
+            hit = disk.get_states(key, [len(p.ids) for p in layout(i).passes])
+            return None if hit is None else [(x.to(dev), None if r is None else r.to(dev)) for x, r in hit]
+
+        def compute(rows):
+            states = self.encoder.bottom_states([p for i in rows for p in layout(i).passes], dev)
+            out, at = [], 0
+            for i in rows:
+                out.append(states[at:at + len(layout(i).passes)])
+                at += len(layout(i).passes)
+            return out
+
+        return self._memoised(self._bottom, db_ids, utterances, schemas, load, compute,
+                              lambda disk, key, value: disk.put_states(key, value))
 
     def encode_rows(self, rows, kinds: list[list[int] | None] | None = None):
         """Encoder, schema-linking features and utterance-DB attention for each row on its own
@@ -266,34 +289,20 @@ class Text2SQL(nn.Module):
 
     def _encode_cached(self, utterances, schemas, db_ids):
         """A frozen encoder gives the same vectors for the same input: compute each once."""
-        keys = [(db, tuple(w)) for db, w in zip(db_ids, utterances)]
-        first = {}
-        for i, k in enumerate(keys):
-            first.setdefault(k, i)              # the pre-turn repeats within a batch: encode it once
-        cache, disk = (self._cache, self.disk_cache) if self.memoise else ({}, None)
-        todo = [i for k, i in first.items() if k not in cache]
-        disk_keys = {}
-        if todo and disk is not None:
-            disk_keys = {i: entry_key(db_ids[i], utterances[i], schemas[i]) for i in todo}
-            left = []
-            for i in todo:
-                hit = disk.get(disk_keys[i], len(utterances[i]), len(schemas[i]))
-                if hit is None:
-                    left.append(i)
-                else:
-                    dev = next(self.parameters()).device
-                    cache[keys[i]] = (hit[0].to(dev), hit[1].to(dev))
-            todo = left
-        if todo:
-            out = self.encoder([utterances[i] for i in todo], [schemas[i] for i in todo])
+        dev = next(self.parameters()).device
+
+        def load(disk, key, i):
+            hit = disk.get(key, len(utterances[i]), len(schemas[i]))
+            return None if hit is None else (hit[0].to(dev), hit[1].to(dev))
+
+        def compute(rows):
+            out = self.encoder([utterances[i] for i in rows], [schemas[i] for i in rows])
             n_words, n_units = out.utterance_mask.sum(1).tolist(), out.unit_mask.sum(1).tolist()
-            for j, i in enumerate(todo):
-                nw, nu = n_words[j], n_units[j]
-                cache[keys[i]] = (out.utterance[j, :nw].detach(), out.units[j, :nu].detach())
-                if disk is not None:
-                    disk.put(disk_keys[i], *cache[keys[i]])
-        rows = [cache[k] for k in keys]
-        dev = rows[0][1].device
+            return [(out.utterance[j, :n_words[j]].detach(), out.units[j, :n_units[j]].detach())
+                    for j in range(len(rows))]
+
+        rows = self._memoised(self._cache, db_ids, utterances, schemas, load, compute,
+                              lambda disk, key, value: disk.put(key, *value))
         pad = nn.utils.rnn.pad_sequence
         utt = pad([r[0] for r in rows], batch_first=True)                  # [N, W, H]
         if utt.shape[1] == 0:          # only pre-turns: keep one (masked) utterance slot
