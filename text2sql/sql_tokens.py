@@ -22,7 +22,9 @@ Two target styles:
 """
 from __future__ import annotations
 
+import functools
 import re
+import sqlite3
 from dataclasses import dataclass, field
 
 import sqlparse.lexer
@@ -169,7 +171,7 @@ def lex(sql: str) -> list[Tok]:
                 continue
         if ttype in T.String:
             if ttype in T.String.Symbol and v.startswith("`"):
-                out.append(Tok("name", v[1:-1]))
+                out.append(Tok("name", _unquote_ident(v)))
             else:
                 out.append(Tok("value", VALUE, raw=v))
             continue
@@ -225,8 +227,8 @@ def _followed_by_dot(stream, i):
 
 
 def _unquote_ident(v: str) -> str:
-    if len(v) >= 2 and v[0] == v[-1] and v[0] in "`\"[":
-        return v[1:-1]
+    if len(v) >= 2 and v[0] == v[-1] and v[0] in "`\"":
+        return v[1:-1].replace(v[0] * 2, v[0])   # a doubled quote inside stands for one
     if len(v) >= 2 and v[0] == "[" and v[-1] == "]":
         return v[1:-1]
     return v
@@ -700,8 +702,38 @@ def restore_from(q: Query, schema: Schema) -> Query:
     return q
 
 
+_PLAIN_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+@functools.lru_cache(maxsize=None)
+def sql_ident(name: str) -> str:
+    """A table or column name as written in SQL: bare, as Spider's gold writes it, where SQLite and
+    :func:`lex` both read it back as that name; otherwise in backticks (``Home Town``,
+    ``Official_ratings_(millions)``, ``From``), which SQLite accepts and :func:`lex` unquotes.
+    Double quotes are not used: SQLite reads an unknown "name" as a string, and SParC's gold writes
+    its values in them."""
+    if _PLAIN_IDENT.fullmatch(name) and name.lower() not in KEYWORDS and _sqlite_takes_bare(name):
+        return name
+    return "`" + name.replace("`", "``") + "`"
+
+
+def _sqlite_takes_bare(name: str) -> bool:
+    # asked of SQLite itself: which keywords it also accepts as names differs between versions
+    con = sqlite3.connect(":memory:")
+    try:
+        con.execute(f"CREATE TABLE {name} ({name} INT)")
+        con.execute(f"SELECT {name}, T1.{name} FROM {name} AS T1 WHERE {name} = 1 "
+                    f"GROUP BY {name} ORDER BY {name}")
+        return True
+    except sqlite3.Error:
+        return False
+    finally:
+        con.close()
+
+
 def to_sql(q: Query, schema: Schema) -> str:
-    """Query tree (with FROM clauses) -> SQL text in the Spider style (T1, T2 aliases)."""
+    """Query tree (with FROM clauses) -> SQL text in the Spider style (T1, T2 aliases); names that
+    SQL cannot take bare are quoted (:func:`sql_ident`)."""
     counter = [0]
     return _sql_query(q, schema, [], counter)
 
@@ -724,7 +756,7 @@ def _sql_select(sel: Select, schema, outer, counter):
             if it.sub is not None:
                 parts.append("(" + _sql_query(it.sub, schema, outer, counter) + ")")
                 continue
-            name = schema.tables[it.table].name
+            name = sql_ident(schema.tables[it.table].name)
             if multi:
                 counter[0] += 1
                 a = f"T{counter[0]}"
@@ -768,7 +800,7 @@ def _sql_toks(toks, schema, scopes, counter, clause) -> str:
                 if ti in sc:
                     alias = sc[ti]
                     break
-            cname = schema.columns[schema.column_index(ti, col)].name
+            cname = sql_ident(schema.columns[schema.column_index(ti, col)].name)
             words.append(f"{alias}.{cname}" if alias else cname)
         elif t.kind == "star":
             words.append("*")
