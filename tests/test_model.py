@@ -45,6 +45,59 @@ def test_attention_over_all_padding_gives_zero_context():
     assert torch.allclose(ctx[0], keys[0, 0])
 
 
+def _textbook_decoder_forward(dec, turn_state, targets, mem, go):
+    """The decoder step as the design states it, with nn.LSTMCell, the Attention modules and the
+    fusion over the concatenation, one step at a time: what Decoder.forward must equal."""
+    B, L = targets.shape
+    state = dec.init_state(turn_state)
+    prev_out = turn_state.new_zeros(B, dec.hidden)
+    inputs = torch.cat([targets.new_full((B, 1), go), targets[:, :-1]], 1)
+    emb = dec.embed(inputs, mem.units)
+    outs = []
+    for i in range(L):
+        x = torch.cat([emb[:, i], prev_out], -1)
+        h, c = dec.cell(x, state)
+        state = (h, c)
+        c_utt, _ = dec.att_utt(h, mem.utt, mem.utt_mask)
+        c_db, _ = dec.att_db(h, mem.units, mem.unit_mask)
+        c_prev, _ = dec.att_prev(h, mem.prev, mem.prev_mask)
+        prev_out = dec.dropout(torch.tanh(dec.fuse(torch.cat([x, h, c_utt, c_db, c_prev], -1))))
+        outs.append(prev_out)
+    return dec.scores(torch.stack(outs, 1), mem)
+
+
+def test_decoder_step_with_products_hoisted_equals_the_textbook_step():
+    from text2sql.decoder import Decoder, DecoderMemory
+    torch.manual_seed(0)
+    H, hid, P, K = 12, 10, 8, 7
+    dec = Decoder(H, hid, n_keywords=K, state_size=6, prev_size=P).double()
+    B, W, U, Pn, L = 3, 5, 4, 6, 5
+    mask = lambda n, lens: torch.arange(n)[None] < torch.tensor(lens)[:, None]
+    rand = lambda *shape: torch.randn(*shape, dtype=torch.double, requires_grad=True)
+    mem = DecoderMemory(utt=rand(B, W, H), utt_mask=mask(W, [5, 2, 0]), units=rand(B, U, H),
+                        unit_mask=mask(U, [4, 3, 4]), prev=rand(B, Pn, P), prev_mask=mask(Pn, [0, 6, 3]),
+                        prev_ids=torch.randint(0, K + U, (B, Pn)))
+    inputs = [mem.utt, mem.units, mem.prev, *dec.parameters()]
+    names = ["utt", "units", "prev"] + [n for n, _ in dec.named_parameters()]
+    turn_state = torch.randn(B, 6, dtype=torch.double)
+    targets = torch.randint(0, K + U, (B, L))
+    got = dec(turn_state, targets, mem, go=1)
+    want = _textbook_decoder_forward(dec, turn_state, targets, mem, go=1)
+    noise = torch.randn_like(got)            # one random direction for both backward passes
+    grads = torch.autograd.grad((got.exp() * noise).sum(), inputs)
+    want_grads = torch.autograd.grad((want.exp() * noise).sum(), inputs)
+    assert torch.allclose(got, want, atol=1e-10)
+    for name, g, w in zip(names, grads, want_grads):   # the memory's too: they reach the encoder side
+        assert torch.allclose(g, w, atol=1e-10), name
+    # decoding's one-step path gives the teacher-forced log-probs step by step
+    prepared, state = dec.prepare(mem), dec.init_state(turn_state)
+    prev_out = turn_state.new_zeros(B, hid)
+    shifted = torch.cat([torch.ones(B, 1, dtype=torch.long), targets[:, :-1]], 1)
+    for i in range(L):
+        state, prev_out, logp = dec.step(state, dec.embed(shifted[:, i:i + 1], mem.units)[:, 0], prev_out, prepared)
+        assert torch.allclose(logp, got[:, i], atol=1e-10)
+
+
 def test_empty_target_loss_is_zero_not_nan():
     logp = torch.log_softmax(torch.randn(2, 4, 7), -1)
     targets = torch.zeros(2, 4, dtype=torch.long)

@@ -11,12 +11,12 @@ Target ids live in the joint space: ``id < K`` is keyword ``id``, ``K + j`` is u
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import torch
 from torch import nn
 
-from .attention import Attention
+from .attention import Attention, masked_softmax
 
 NEG = -1e9   # masked logits: finite, so a masked gold token gives a huge loss, not inf/NaN
 
@@ -32,11 +32,19 @@ class DecoderMemory:
     prev_mask: torch.Tensor      # [B, P] bool (all False on a first turn)
     prev_ids: torch.Tensor | None = None   # [B, P] joint ids of the previous SQL (for copying)
     unit_tables: torch.Tensor | None = None   # [B, U] each unit's table, -1 where padded (--query_tables)
+    # filled by Decoder.prepare: the memory already multiplied by the step weights that act on it
+    keys: tuple | None = None      # 3 x [B, K, hidden]: utt, units, prev keys times each attention's W
+    values: tuple | None = None    # 3 x [B, K, hidden]: the same times the fusion's column block
+    weights: tuple | None = None   # (W_rec [4 hidden, 2 hidden], W_fuse_rec [hidden, 2 hidden]): shared
+    grad_log: list | None = None   # the steps' attention gradients, summed once (_DeferredMemoryGrad)
 
     def select(self, rows) -> "DecoderMemory":
         """The memory of some of the B turns (a slice or index tensor), every field alike."""
-        return DecoderMemory(**{f.name: None if getattr(self, f.name) is None else getattr(self, f.name)[rows]
-                                for f in fields(self)})
+        def pick(name, v):
+            if v is None or name in ("weights", "grad_log"):
+                return v
+            return tuple(x[rows] for x in v) if isinstance(v, tuple) else v[rows]
+        return DecoderMemory(**{f.name: pick(f.name, getattr(self, f.name)) for f in fields(self)})
 
 
 def unit_table_ids(ids: torch.Tensor, unit_tables: torch.Tensor, n_keywords: int,
@@ -53,6 +61,71 @@ def same_table(tab: torch.Tensor, unit_tables: torch.Tensor) -> torch.Tensor:
     """Tables tab [B, L] (-1: none), unit_tables [B, U] -> [B, L, U] bool: unit u belongs to
     table tab[b, l]."""
     return (tab.unsqueeze(2) == unit_tables.unsqueeze(1)) & (tab >= 0).unsqueeze(2)
+
+
+def _autocast_state(t: torch.Tensor) -> dict:
+    """The autocast settings in force, for a custom backward to run under the same (--amp: its
+    saved tensors mix bf16 and float32, as the forward's products did)."""
+    kind = t.device.type
+    return dict(device_type=kind, enabled=torch.is_autocast_enabled(kind), dtype=torch.get_autocast_dtype(kind))
+
+
+class _StepAttention(torch.autograd.Function):
+    """One step's attention of h [B, hidden] over prepared keys and values [B, K, hidden] (mask
+    [B, K]) -> the context's share of the fusion [B, hidden].
+
+    Its backward gives h its gradient at once and logs what the keys' and values' gradients are
+    made of, for :class:`_DeferredMemoryGrad` to sum over all steps in one product: accumulating
+    them step by step writes a [B, K, hidden] tensor per step, which was most of a batched step's
+    backward pass on CPU."""
+
+    @staticmethod
+    def forward(ctx, h, keys, values, mask, log):
+        weights = masked_softmax(torch.bmm(keys, h.unsqueeze(-1)).squeeze(-1), mask)   # [B, K], 0 on padding
+        ctx.save_for_backward(h, keys, values, weights)
+        ctx.log, ctx.amp = log, _autocast_state(h)
+        return torch.bmm(weights.unsqueeze(1), values).squeeze(1)                     # [B, hidden]
+
+    @staticmethod
+    def backward(ctx, grad):
+        with torch.autocast(**ctx.amp):
+            return _StepAttention._backward(ctx, grad)
+
+    @staticmethod
+    def _backward(ctx, grad):
+        h, keys, values, weights = ctx.saved_tensors
+        d_weights = torch.bmm(values, grad.unsqueeze(-1)).squeeze(-1)                  # [B, K]
+        # softmax backward; masked and all-padding entries have weight 0, so they get 0
+        d_scores = weights * (d_weights - (weights * d_weights).sum(-1, keepdim=True))  # [B, K]
+        ctx.log.append((d_scores, h, weights, grad))
+        return torch.bmm(d_scores.unsqueeze(1), keys).squeeze(1), None, None, None, None
+
+
+class _DeferredMemoryGrad(torch.autograd.Function):
+    """The identity on prepared (keys, values); every step's attention reads its output, so its
+    backward runs after all theirs and turns their logs into the two gradients:
+    d keys = sum over steps of d_scores x h, d values = sum of weights x grad. A graph kept with
+    retain_graph and differentiated for inputs that bypass the memory would leave its steps' logs
+    behind for the next pass; nothing here does that (one backward per forward)."""
+
+    @staticmethod
+    def forward(ctx, keys, values, log):
+        ctx.log, ctx.amp = log, _autocast_state(keys)
+        return keys.view_as(keys), values.view_as(values)
+
+    @staticmethod
+    def backward(ctx, d_keys, d_values):
+        with torch.autocast(**ctx.amp):
+            return _DeferredMemoryGrad._backward(ctx, d_keys, d_values)
+
+    @staticmethod
+    def _backward(ctx, d_keys, d_values):
+        if ctx.log:
+            d_scores, h, weights, grad = (torch.stack(x, 1) for x in zip(*ctx.log))   # [B, T, .]
+            d_keys = d_keys + torch.bmm(d_scores.transpose(1, 2), h)                    # [B, K, hidden]
+            d_values = d_values + torch.bmm(weights.transpose(1, 2), grad)              # [B, K, hidden]
+            ctx.log.clear()
+        return d_keys, d_values, None
 
 
 class PreviousQueryEncoder(nn.Module):
@@ -141,20 +214,72 @@ class Decoder(nn.Module):
         # turn_state [B, S] -> (h, c) [B, hidden]
         return torch.tanh(self.init_h(turn_state)), torch.tanh(self.init_c(turn_state))
 
-    def recur(self, state, prev_emb, prev_out, mem: DecoderMemory):
-        """The recurrent part of one step for B turns -> (state, fused output [B, hidden])."""
-        x = torch.cat([prev_emb, prev_out], -1)                     # [B, H + hidden]
-        h, c = self.cell(x, state)
-        c_utt, _ = self.att_utt(h, mem.utt, mem.utt_mask)           # [B, H]
-        c_db, _ = self.att_db(h, mem.units, mem.unit_mask)          # [B, H]
-        c_prev, _ = self.att_prev(h, mem.prev, mem.prev_mask)       # [B, Dp]
-        out = torch.tanh(self.fuse(torch.cat([x, h, c_utt, c_db, c_prev], -1)))  # [B, hidden]
-        return (h, c), self.dropout(out)
+    # ---- one step ----------------------------------------------------------------------------
+    # A step is, as written in the design: x = [token embedding; previous fused output];
+    # (h, c) = LSTMCell(x); contexts = attention of h over the utterance, the units and the previous
+    # SQL (score h · W · k); out = tanh(fuse([x; h; contexts])). It is computed here in an order
+    # that gives the same numbers (up to float rounding; tests/test_model.py checks it against the
+    # textbook order) but keeps weight products out of the loop over steps: every matrix that
+    # multiplies something known before the loop (the token embeddings, the attention keys, the
+    # contexts' values) is applied once per sequence, by `input_terms` and `prepare`. What stays in
+    # the loop multiplies only [prev_out; h]. On CPU the backward pass of a step was dominated by
+    # writes whose size does not depend on the batch's rows: each small product's weight gradient
+    # (2.1 M numbers a step at the default sizes, now 0.9 M) and each attention's gradient for its
+    # whole memory ([B, K, .] a step, now summed once after the loop by _DeferredMemoryGrad).
+    # Measured in docs/performance.md ("The decoder's step").
+
+    def _fuse_blocks(self):
+        """The fusion weight's column blocks: [emb | prev_out | h | c_utt | c_db | c_prev]."""
+        H, hid = self.keyword_emb.embedding_dim, self.hidden
+        sizes = [H, hid, hid, H, H, self.fuse.in_features - 2 * H - 2 * hid - H]
+        return self.fuse.weight.split(sizes, 1)
+
+    def prepare(self, mem: DecoderMemory) -> DecoderMemory:
+        """The memory with its step-invariant products done once (a prepared memory is returned as is)."""
+        if mem.keys is not None:
+            return mem
+        w_emb, w_prev_out, w_h, w_utt, w_db, w_prev = self._fuse_blocks()
+        H = self.keyword_emb.embedding_dim
+        keys = tuple(k @ att.proj.weight for k, att in                            # 3 x [B, K, hidden]
+                     ((mem.utt, self.att_utt), (mem.units, self.att_db), (mem.prev, self.att_prev)))
+        values = (mem.utt @ w_utt.T, mem.units @ w_db.T, mem.prev @ w_prev.T)    # 3 x [B, K, hidden]
+        logs = ([], [], [])
+        if torch.is_grad_enabled():
+            pairs = [_DeferredMemoryGrad.apply(k, v, log) for k, v, log in zip(keys, values, logs)]
+            keys, values = tuple(k for k, _ in pairs), tuple(v for _, v in pairs)
+        w_rec = torch.cat([self.cell.weight_ih[:, H:], self.cell.weight_hh], 1)   # [4 hidden, 2 hidden]
+        w_fuse_rec = torch.cat([w_prev_out, w_h], 1)                              # [hidden, 2 hidden]
+        return replace(mem, keys=keys, values=values, weights=(w_rec, w_fuse_rec), grad_log=logs)
+
+    def input_terms(self, emb: torch.Tensor):
+        """Token embeddings [..., H] -> their share of the LSTM gates [..., 4 hidden] and of the
+        fusion [..., hidden], biases included."""
+        H = emb.shape[-1]
+        gates = emb @ self.cell.weight_ih[:, :H].T + self.cell.bias_ih + self.cell.bias_hh
+        return gates, emb @ self._fuse_blocks()[0].T + self.fuse.bias
+
+    def recur(self, state, terms, prev_out, mem: DecoderMemory):
+        """The recurrent part of one step for B turns -> (state, fused output [B, hidden]).
+        terms: ``input_terms`` of the step's input tokens."""
+        mem = self.prepare(mem)      # a no-op on a prepared memory; callers looping prepare once
+        gates_in, fuse_in = terms                                   # [B, 4 hidden], [B, hidden]
+        w_rec, w_fuse_rec = mem.weights
+        h, c = state
+        gates = gates_in + torch.cat([prev_out, h], -1) @ w_rec.T  # [B, 4 hidden]
+        i, f, g, o = gates.chunk(4, -1)                             # nn.LSTMCell's gate order
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        h = torch.sigmoid(o) * torch.tanh(c)
+        fused = fuse_in + torch.cat([prev_out, h], -1) @ w_fuse_rec.T            # [B, hidden]
+        masks = (mem.utt_mask, mem.unit_mask, mem.prev_mask)
+        for keys, values, mask, log in zip(mem.keys, mem.values, masks, mem.grad_log):
+            fused = fused + _StepAttention.apply(h, keys, values, mask, log)     # [B, hidden]
+        return (h, c), self.dropout(torch.tanh(fused))
 
     def step(self, state, prev_emb, prev_out, mem: DecoderMemory, flags: torch.Tensor | None = None):
         """One step for B turns -> (state, fused output [B, hidden], log-probs [B, K + U]).
-        ``flags`` [B, U]: --query_tables' marks after the tokens so far."""
-        state, out = self.recur(state, prev_emb, prev_out, mem)
+        prev_emb [B, H]: the input token's embedding; mem: best prepared once. ``flags`` [B, U]:
+        --query_tables' marks after the tokens so far."""
+        state, out = self.recur(state, self.input_terms(prev_emb), prev_out, mem)
         return state, out, self.scores(out, mem, flags)
 
     def scores(self, out: torch.Tensor, mem: DecoderMemory, flags: torch.Tensor | None = None) -> torch.Tensor:
@@ -188,13 +313,16 @@ class Decoder(nn.Module):
         Only the LSTM, the attention and the fusion are recurrent; the output layer runs once over
         all L steps (one large matrix product instead of L small ones, forward and backward)."""
         B, L = targets.shape
+        mem = self.prepare(mem)
         state = self.init_state(turn_state)
         prev_out = turn_state.new_zeros(B, self.hidden)
         inputs = torch.cat([targets.new_full((B, 1), go), targets[:, :-1]], 1)   # [B, L] shifted
-        emb = self.embed(inputs, mem.units)                                   # [B, L, H]
+        gates_in, fuse_in = self.input_terms(self.embed(inputs, mem.units))   # [B, L, 4 hidden], [B, L, hidden]
+        # unbind, not [:, i]: one backward node gathers the L step gradients, where L slices would
+        # each write a zero [B, L, .] tensor with one step's gradient in it
         outs = []
-        for i in range(L):
-            state, prev_out = self.recur(state, emb[:, i], prev_out, mem)
+        for terms in zip(gates_in.unbind(1), fuse_in.unbind(1)):
+            state, prev_out = self.recur(state, terms, prev_out, mem)
             outs.append(prev_out)
         flags = None
         if self.query_table is not None:

@@ -142,6 +142,7 @@ def greedy(decoder, turn_state, mem: DecoderMemory, vocab: Vocab, grammar: Gramm
            max_len: int = 100) -> list[list[int]]:
     """Greedy decoding of B turns at once -> joint ids per turn, without the end token."""
     B = turn_state.shape[0]
+    mem = decoder.prepare(mem)
     state = decoder.init_state(turn_state)
     prev_out = turn_state.new_zeros(B, decoder.hidden)
     tok = torch.full((B, 1), vocab.go, dtype=torch.long, device=turn_state.device)
@@ -183,7 +184,7 @@ def beam_search(decoder, turn_state, mem: DecoderMemory, vocab: Vocab, grammar: 
     dev = turn_state.device
     n = B * beam
     owner = torch.arange(B, device=dev).repeat_interleave(beam)             # [n] slot -> turn
-    m = mem.select(owner)
+    m = decoder.prepare(mem).select(owner)
     h, c = decoder.init_state(turn_state)
     state = (h[owner], c[owner])
     prev_out = turn_state.new_zeros(n, decoder.hidden)
