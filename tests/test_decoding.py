@@ -162,6 +162,57 @@ def test_evaluate_command_end_to_end(trained, tmp_path):
     assert json.loads(q.stdout)["question_match"] == report["question_match"]
 
 
+def test_ensemble_decodes_the_argmax_of_the_members_mean_distribution(trained, concert_data, tmp_path):
+    a = trained.model
+    ex = trained.train_ex
+    # an ensemble of a model with itself is that model
+    for beam in (1, 3):
+        assert a.predict(ex, beam=beam, ensemble=[a]) == a.predict(ex, beam=beam)
+    # two half-trained models that disagree: every greedy token (unconstrained) is the argmax of their
+    # mean probability, each model reading the ensemble's own previous prediction (replayed
+    # teacher-forced), and the ensemble's output is neither model's own
+    b, c = (Trainer(cfg_for(concert_data, tmp_path / f"m{seed}", epochs=4, fix_bert=True, batch_size=1, seed=seed),
+                    log=quiet, progress=False) for seed in (1, 2))
+    for t in (b, c):
+        t.run()
+    b, c = b.model.eval(), c.model.eval()
+    preds = b.predict(ex, ensemble=[c], max_len=30)
+    assert preds != b.predict(ex, max_len=30) and preds != c.predict(ex, max_len=30)
+    replay = [Example(db_id=e.db_id, unit_texts=e.unit_texts, words=e.words,
+                      targets=[p + [b.vocab.eos] for p in ps], table_units=e.table_units,
+                      unit_tables=e.unit_tables, unit_kinds=e.unit_kinds) for e, ps in zip(ex, preds)]
+    with torch.no_grad():
+        outs = [m(replay) for m in (b, c)]
+    mean = torch.logsumexp(torch.stack([o.logp for o in outs]), 0)            # [Nt, L, V]
+    m = outs[0].mask
+    for o in outs[1:]:
+        assert torch.equal(o.targets, outs[0].targets)
+    short = torch.tensor([len(p) < 30 for ps in preds for p in ps])          # stopped by choice
+    keep = m & short.unsqueeze(1)
+    assert keep.sum() > 10
+    assert torch.equal(mean.argmax(-1)[keep], outs[0].targets[keep])
+
+
+def test_evaluate_command_with_an_ensemble(trained, concert_data, tmp_path):
+    import json
+    base = [sys.executable, "-m", "text2sql", "evaluate", "--split", "train", "--json"]
+    one = subprocess.run(base + ["--run", trained.run_dir, "--out", str(tmp_path / "one")], cwd=ROOT,
+                         capture_output=True, text=True, timeout=300)
+    two = subprocess.run(base + ["--run", trained.run_dir, "--ensemble", trained.run_dir, "--out",
+                                 str(tmp_path / "two")], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0 and two.returncode == 0, two.stderr[-800:]
+    r1, r2 = json.loads(one.stdout), json.loads(two.stdout)
+    assert r2["decoding"]["ensemble"] == [trained.run_dir, trained.run_dir] and r1["decoding"]["ensemble"] is None
+    assert r2["question_match"] == r1["question_match"]
+    # a run with other targets cannot join: one line, no traceback
+    odd = Trainer(cfg_for(concert_data, tmp_path / "odd", epochs=1, fix_bert=True, remove_from=True),
+                  log=quiet, progress=False)
+    odd.run()
+    bad = subprocess.run(base + ["--run", trained.run_dir, "--ensemble", odd.run_dir], cwd=ROOT,
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0 and "--ensemble" in bad.stderr and "Traceback" not in bad.stderr
+
+
 def test_grammar_puts_tables_exactly_after_from_and_join(concert_schema):
     from text2sql.train import table_units
     from text2sql.vocab import Vocab

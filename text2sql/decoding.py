@@ -137,21 +137,83 @@ def _no_tables(decoder, mem: DecoderMemory) -> torch.Tensor | None:
     return mem.units.new_zeros(mem.units.shape[:2])
 
 
+class _Stepper:
+    """One decoder stepping over its memory, for rows that each belong to one of B turns (beam
+    slots repeat their turn). ``carry`` holds the rows' memory, LSTM state, last fused output and
+    --query_tables marks."""
+
+    def __init__(self, decoder, turn_state: torch.Tensor, mem: DecoderMemory):
+        self.decoder, self.turn_state, self.mem = decoder, turn_state, decoder.prepare(mem)
+
+    def start(self, owner: torch.Tensor) -> dict:
+        d = self.decoder
+        mem = self.mem.select(owner)
+        h, c = d.init_state(self.turn_state)
+        return {"mem": mem, "state": (h[owner], c[owner]), "out": h.new_zeros(len(owner), d.hidden),
+                "flags": _no_tables(d, mem)}
+
+    def step(self, carry: dict, tok: torch.Tensor):
+        """Input tokens [n] -> (carry after the step, log-probs [n, V])."""
+        d, mem = self.decoder, carry["mem"]
+        emb = d.embed(tok.unsqueeze(1), mem.units)[:, 0]
+        state, out, logp = d.step(carry["state"], emb, carry["out"], mem, carry["flags"])
+        return {**carry, "state": state, "out": out}, logp
+
+    def choose(self, carry: dict, idx: torch.Tensor | None, tok: torch.Tensor) -> dict:
+        """The rows ``idx`` (None: all, in order) continue with tokens ``tok`` [n]."""
+        h, c = carry["state"]
+        out, flags = carry["out"], carry["flags"]
+        if idx is not None:
+            h, c, out = h[idx], c[idx], out[idx]
+            flags = None if flags is None else flags[idx]
+        if flags is not None:
+            flags = self.decoder.add_query_tables(flags, tok, carry["mem"].unit_tables)
+        return {**carry, "state": (h, c), "out": out, "flags": flags}
+
+
+class _Ensemble:
+    """Several decoders (models trained alike, on one vocabulary) stepping together; each step's
+    distribution is the mean of theirs (log of the mean probability)."""
+
+    def __init__(self, steppers: list[_Stepper]):
+        self.steppers = steppers
+
+    def start(self, owner):
+        return [s.start(owner) for s in self.steppers]
+
+    def step(self, carry, tok):
+        stepped = [s.step(c, tok) for s, c in zip(self.steppers, carry)]
+        logps = torch.stack([lp for _, lp in stepped])                        # [models, n, V]
+        logp = torch.logsumexp(logps, 0) - torch.log(torch.tensor(float(len(stepped))))
+        return [c for c, _ in stepped], logp
+
+    def choose(self, carry, idx, tok):
+        return [s.choose(c, idx, tok) for s, c in zip(self.steppers, carry)]
+
+
+def _stepper(decoder, turn_state, mem):
+    """A decoder, turn states and memory -> one stepper; lists of each (an ensemble) -> their mean."""
+    if isinstance(decoder, (list, tuple)):
+        if len(decoder) == 1:
+            return _Stepper(decoder[0], turn_state[0], mem[0])
+        return _Ensemble([_Stepper(d, t, m) for d, t, m in zip(decoder, turn_state, mem)])
+    return _Stepper(decoder, turn_state, mem)
+
+
 @torch.no_grad()
 def greedy(decoder, turn_state, mem: DecoderMemory, vocab: Vocab, grammar: Grammar | None,
            max_len: int = 100) -> list[list[int]]:
-    """Greedy decoding of B turns at once -> joint ids per turn, without the end token."""
-    B = turn_state.shape[0]
-    mem = decoder.prepare(mem)
-    state = decoder.init_state(turn_state)
-    prev_out = turn_state.new_zeros(B, decoder.hidden)
-    tok = torch.full((B, 1), vocab.go, dtype=torch.long, device=turn_state.device)
+    """Greedy decoding of B turns at once -> joint ids per turn, without the end token.
+    ``decoder``, ``turn_state`` [B, S] and ``mem`` may be lists of one per model (an ensemble)."""
+    search = _stepper(decoder, turn_state, mem)
+    first = turn_state[0] if isinstance(turn_state, (list, tuple)) else turn_state
+    B, dev = first.shape[0], first.device
+    carry = search.start(torch.arange(B, device=dev))
+    tok = torch.full((B,), vocab.go, dtype=torch.long, device=dev)
     seqs: list[list[int]] = [[] for _ in range(B)]
     done = [False] * B
-    flags = _no_tables(decoder, mem)
     for _ in range(max_len):
-        emb = decoder.embed(tok, mem.units)[:, 0]
-        state, prev_out, logp = decoder.step(state, emb, prev_out, mem, flags)
+        carry, logp = search.step(carry, tok)
         if grammar is not None:
             logp = _apply(logp, torch.stack([grammar.allowed(s, logp.shape[1], b) for b, s in enumerate(seqs)]))
         nxt = logp.argmax(-1).tolist()
@@ -163,9 +225,8 @@ def greedy(decoder, turn_state, mem: DecoderMemory, vocab: Vocab, grammar: Gramm
                     seqs[b].append(nxt[b])
         if all(done):
             break
-        tok = torch.tensor(nxt, device=turn_state.device).unsqueeze(1)
-        if flags is not None:
-            flags = decoder.add_query_tables(flags, tok[:, 0], mem.unit_tables)
+        tok = torch.tensor(nxt, device=dev)
+        carry = search.choose(carry, None, tok)
     return seqs
 
 
@@ -173,31 +234,28 @@ def greedy(decoder, turn_state, mem: DecoderMemory, vocab: Vocab, grammar: Gramm
 def beam_search(decoder, turn_state, mem: DecoderMemory, vocab: Vocab, grammar: Grammar | None,
                 beam: int = 4, max_len: int = 100) -> list[list[int]]:
     """Beam search for B turns at once (turn_state [B, S], a memory of B turns) -> the best joint
-    ids of each turn, without the end token.
+    ids of each turn, without the end token. ``decoder``, ``turn_state`` and ``mem`` may be lists
+    of one per model (an ensemble).
 
     All B * beam hypotheses go through each decoder step together, slot ``b * beam + k`` holding
     hypothesis k of turn b (an empty slot scores -inf). Per turn, hypotheses are ranked by their
     summed log-probability; a finished one leaves the beam, and a turn's search stops once no live
     hypothesis can beat its best finished one.
     """
-    B = turn_state.shape[0]
-    dev = turn_state.device
+    search = _stepper(decoder, turn_state, mem)
+    first = turn_state[0] if isinstance(turn_state, (list, tuple)) else turn_state
+    B, dev = first.shape[0], first.device
     n = B * beam
     owner = torch.arange(B, device=dev).repeat_interleave(beam)             # [n] slot -> turn
-    m = decoder.prepare(mem).select(owner)
-    h, c = decoder.init_state(turn_state)
-    state = (h[owner], c[owner])
-    prev_out = turn_state.new_zeros(n, decoder.hidden)
+    carry = search.start(owner)
     seqs: list[list[list[int]]] = [[[]] for _ in range(B)]                 # live hypotheses per turn
     scores = torch.full((B, beam), float("-inf"), device=dev)
     scores[:, 0] = 0.0
     finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(B)]
     done = [False] * B
     tok = torch.full((n,), vocab.go, dtype=torch.long, device=dev)
-    flags = _no_tables(decoder, m)
     for _ in range(max_len):
-        emb = decoder.embed(tok.unsqueeze(1), m.units)[:, 0]
-        (h, c), out, logp = decoder.step(state, emb, prev_out, m, flags)    # logp [n, V]
+        carry, logp = search.step(carry, tok)                              # logp [n, V]
         V = logp.shape[1]
         if grammar is not None:
             free = torch.ones(V, dtype=torch.bool)
@@ -234,11 +292,9 @@ def beam_search(decoder, turn_state, mem: DecoderMemory, vocab: Vocab, grammar: 
         if all(done):
             break
         idx = to_device(src, torch.long, dev)
-        state, prev_out = (h[idx], c[idx]), out[idx]
         scores = to_device(new_scores, scores.dtype, dev)
         tok = to_device(toks, torch.long, dev)
-        if flags is not None:
-            flags = decoder.add_query_tables(flags[idx], tok, m.unit_tables)
+        carry = search.choose(carry, idx, tok)
     return [max(f, key=lambda x: x[0])[1] if f else (s[0] if s else []) for f, s in zip(finished, seqs)]
 
 

@@ -50,10 +50,12 @@ class Conversation:
     trained with ``--fix_bert`` or fine-tuned (otherwise question n re-encodes all n turns). Earlier
     turns are not decoded again either."""
 
-    def __init__(self, model, schema: Schema, beam: int = 1, constrained: bool = True):
+    def __init__(self, model, schema: Schema, beam: int = 1, constrained: bool = True, ensemble=()):
         from .train import table_units
         self.model = model.eval()
-        self.model.encoder.fix()
+        self.ensemble = [m.eval() for m in ensemble]
+        for m in [self.model, *self.ensemble]:
+            m.encoder.fix()
         self.schema, self.beam, self.constrained = schema, beam, constrained
         self.tables = table_units(schema)
         self.kinds = schema.unit_kinds()
@@ -74,8 +76,24 @@ class Conversation:
                      unit_tables=self.schema.unit_table, unit_kinds=self.kinds)
         # predict runs without gradients itself
         self.done = self.model.predict([ex], beam=self.beam, constrained=self.constrained,
-                                       known=[self.done])[0]
+                                       known=[self.done], ensemble=self.ensemble)[0]
         return self.done[-1]
+
+
+def load_ensemble(args, cfg, vocab) -> list:
+    """The models of ``--ensemble RUN ...``, checked against the main run's: one vocabulary and one
+    target style, or the mean of their distributions means nothing."""
+    from .train import load_run
+    out = []
+    for path in args.ensemble or []:
+        m, c, _ = load_run(path, device=args.device)
+        if c.remove_from != cfg.remove_from or c.values != cfg.values:
+            raise DataError(f"--ensemble: {path} writes other targets than {args.run} (remove_from, "
+                            "values differ)")
+        if m.vocab.tokens != vocab.tokens:
+            raise DataError(f"--ensemble: {path} has another keyword vocabulary than {args.run}")
+        out.append(m)
+    return out
 
 
 def run(args) -> int:
@@ -84,7 +102,8 @@ def run(args) -> int:
     from .train import load_run
     schema = load_schema(args)
     model, cfg, vocab = load_run(args.run, device=args.device)
-    talk = Conversation(model, schema, beam=args.beam, constrained=not args.no_constraints)
+    talk = Conversation(model, schema, beam=args.beam, constrained=not args.no_constraints,
+                        ensemble=load_ensemble(args, cfg, vocab))
     stream = open(args.input, encoding="utf-8") if args.input else sys.stdin
     for line in stream:
         question = line.strip()
@@ -115,6 +134,10 @@ def run(args) -> int:
     return 0
 
 
+ENSEMBLE_HELP = ("more run folders trained like --run (same data, same target style): each decoding "
+                 "step uses the mean of all the models' distributions")
+
+
 def add_predict_command(sub):
     p = sub.add_parser("predict", help="translate questions (one per line) into SQL with a trained run")
     p.add_argument("--run", required=True, help="a run folder written by train")
@@ -124,6 +147,7 @@ def add_predict_command(sub):
     p.add_argument("--input", help="a file of questions (default: standard input)")
     p.add_argument("--beam", type=int, default=1, help="beam size (1: greedy)")
     p.add_argument("--no_constraints", action="store_true", help="turn grammar-constrained decoding off")
+    p.add_argument("--ensemble", nargs="+", metavar="RUN", help=ENSEMBLE_HELP)
     p.add_argument("--execute", action="store_true", help="run each query read-only and print rows")
     p.add_argument("--max_rows", type=int, default=5, help="rows printed with --execute")
     p.add_argument("--device", default="cpu")
@@ -153,14 +177,15 @@ def evaluate_run(args) -> dict:
     from .train import evaluate as teacher_forced, load_run, make_examples
     model, cfg, vocab = load_run(args.run, device=args.device)
     model.eval()
+    ensemble = load_ensemble(args, cfg, vocab)
     torch.set_grad_enabled(False)
     items, schemas, targets = _split_interactions(cfg, args.data, args.split)
     examples = make_examples(items, schemas, targets, vocab)
-    tf = teacher_forced(model, examples, cfg)
+    tf = teacher_forced(model, examples, cfg)      # --run's own: teacher forcing is per model
     preds = []
     for i in range(0, len(examples), args.batch_size):
         preds += model.predict(examples[i:i + args.batch_size], use_gold_previous=args.use_gold_previous,
-                               beam=args.beam, constrained=not args.no_constraints)
+                               beam=args.beam, constrained=not args.no_constraints, ensemble=ensemble)
     out_dir = args.out or args.run
     os.makedirs(out_dir, exist_ok=True)     # --out may name a folder that does not exist yet
     gold_path = os.path.join(out_dir, f"gold_{args.split}.txt")
@@ -193,7 +218,8 @@ def evaluate_run(args) -> dict:
                             db_dir if os.path.isdir(db_dir) else None)
     report["teacher_forced"] = tf
     report["decoding"] = {"beam": args.beam, "constrained": not args.no_constraints,
-                          "use_gold_previous": args.use_gold_previous, "split": args.split}
+                          "use_gold_previous": args.use_gold_previous, "split": args.split,
+                          "ensemble": [args.run, *args.ensemble] if args.ensemble else None}
     with open(os.path.join(out_dir, f"eval_{args.split}.json"), "w") as f:
         json.dump(report, f, indent=1)
     try:
@@ -254,6 +280,8 @@ def add_evaluate_command(sub):
     p.add_argument("--no_constraints", action="store_true")
     p.add_argument("--use_gold_previous", action="store_true",
                    help="feed each turn the gold previous query instead of the predicted one")
+    p.add_argument("--ensemble", nargs="+", metavar="RUN", help=ENSEMBLE_HELP + " (teacher-forced "
+                   "figures stay --run's own)")
     p.add_argument("--batch_size", type=int, default=16)
     p.add_argument("--out", help="where predictions and the report go (default: the run folder)")
     p.add_argument("--gold", help="official gold file: SQL<TAB>db_id lines, blank line between interactions")

@@ -564,17 +564,26 @@ class Text2SQL(nn.Module):
     @torch.no_grad()
     def predict(self, examples: list[Example], use_gold_previous: bool = False,
                 max_len: int = 100, beam: int = 1, constrained: bool = False,
-                known: list[list[list[int]]] | None = None) -> list[list[list[int]]]:
+                known: list[list[list[int]]] | None = None,
+                ensemble: list["Text2SQL"] = ()) -> list[list[list[int]]]:
         """Decoding, turn by turn: each turn sees the previous turn's *prediction* (or, with
         ``use_gold_previous``, the gold one). Greedy or beam search (``beam`` > 1), batched over the
         interactions either way; ``constrained`` keeps every prefix well-formed SQL. ``known`` holds
         predictions already made for the first turns of each interaction (a conversation in
-        progress): those turns are not decoded again.
+        progress): those turns are not decoded again. ``ensemble``: other models on the same
+        vocabulary; each step then decodes from the mean of all the models' distributions, and
+        every model reads the ensemble's previous prediction.
         Returns per interaction, per turn, joint ids without the end token."""
         from .decoding import Grammar, beam_search, greedy
+        models = [self, *ensemble]
+        for m in ensemble:
+            if m.vocab.tokens != self.vocab.tokens:
+                raise ValueError("an ensemble's models must share one vocabulary (runs trained on the "
+                                 "same data with the same target style)")
         grammar = Grammar(self.vocab) if constrained else None
         tables = [ex.table_units for ex in examples]
-        ctx = self.contextualise(examples)
+        ctxs = [m.contextualise(examples) for m in models]
+        ctx = ctxs[0]
         starts = turn_starts(examples)
         preds = [[None] * len(ex) for ex in examples]
         for i, k in enumerate(known or []):
@@ -584,17 +593,15 @@ class Text2SQL(nn.Module):
             if not live:
                 continue
             rows = to_device([starts[i] + t for i in live], torch.long, ctx["utt"].device)
-            prev = []
-            for i in live:
-                if t == 0 or self.max_turn <= 1:
-                    prev.append([])
-                else:
-                    prev.append(examples[i].targets[t - 1][:-1] if use_gold_previous else preds[i][t - 1])
-            mem = self.memory(ctx, prev, rows)
+            prev = [examples[i].targets[t - 1][:-1] if use_gold_previous else preds[i][t - 1]
+                    for i in live] if t > 0 else [[] for _ in live]
+            mems = [m.memory(c, prev if m.max_turn > 1 else [[] for _ in live], rows)
+                    for m, c in zip(models, ctxs)]
             if grammar is not None:
                 grammar.tables = [tables[i] for i in live]
             search = greedy if beam <= 1 else functools.partial(beam_search, beam=beam)
-            seqs = search(self.decoder, ctx["state"][rows], mem, self.vocab, grammar, max_len=max_len)
+            seqs = search([m.decoder for m in models], [c["state"][rows] for c in ctxs], mems,
+                          self.vocab, grammar, max_len=max_len)
             for k, i in enumerate(live):
                 preds[i][t] = seqs[k]
         return preds
