@@ -191,6 +191,16 @@ def test_ensemble_decodes_the_argmax_of_the_members_mean_distribution(trained, c
     keep = m & short.unsqueeze(1)
     assert keep.sum() > 10
     assert torch.equal(mean.argmax(-1)[keep], outs[0].targets[keep])
+    # teacher-forced figures of the ensemble are those of the mean distribution on the gold targets
+    from text2sql.train import evaluate
+    with torch.no_grad():
+        gold = [m(ex) for m in (b, c)]
+    right = torch.logsumexp(torch.stack([o.logp for o in gold]), 0).argmax(-1) == gold[0].targets
+    per_turn = (right | ~gold[0].mask).all(-1).float()
+    tf = evaluate(b, ex, trained.cfg, ensemble=[c])
+    assert abs(tf["string_acc"] - 100 * per_turn.mean().item()) < 1e-6
+    assert tf["string_acc"] != evaluate(b, ex, trained.cfg)["string_acc"] or \
+        tf["token_acc"] != evaluate(b, ex, trained.cfg)["token_acc"]
 
 
 def test_evaluate_command_with_an_ensemble(trained, concert_data, tmp_path):
@@ -204,6 +214,7 @@ def test_evaluate_command_with_an_ensemble(trained, concert_data, tmp_path):
     r1, r2 = json.loads(one.stdout), json.loads(two.stdout)
     assert r2["decoding"]["ensemble"] == [trained.run_dir, trained.run_dir] and r1["decoding"]["ensemble"] is None
     assert r2["question_match"] == r1["question_match"]
+    assert abs(r2["teacher_forced"]["token_acc"] - r1["teacher_forced"]["token_acc"]) < 1e-6
     # a run with other targets cannot join: one line, no traceback
     odd = Trainer(cfg_for(concert_data, tmp_path / "odd", epochs=1, fix_bert=True, remove_from=True),
                   log=quiet, progress=False)

@@ -181,7 +181,7 @@ def evaluate_run(args) -> dict:
     torch.set_grad_enabled(False)
     items, schemas, targets = _split_interactions(cfg, args.data, args.split)
     examples = make_examples(items, schemas, targets, vocab)
-    tf = teacher_forced(model, examples, cfg)      # --run's own: teacher forcing is per model
+    tf = teacher_forced(model, examples, cfg, ensemble=ensemble)
     preds = []
     for i in range(0, len(examples), args.batch_size):
         preds += model.predict(examples[i:i + args.batch_size], use_gold_previous=args.use_gold_previous,
@@ -280,8 +280,8 @@ def add_evaluate_command(sub):
     p.add_argument("--no_constraints", action="store_true")
     p.add_argument("--use_gold_previous", action="store_true",
                    help="feed each turn the gold previous query instead of the predicted one")
-    p.add_argument("--ensemble", nargs="+", metavar="RUN", help=ENSEMBLE_HELP + " (teacher-forced "
-                   "figures stay --run's own)")
+    p.add_argument("--ensemble", nargs="+", metavar="RUN", help=ENSEMBLE_HELP + " (the teacher-forced "
+                   "figures too)")
     p.add_argument("--batch_size", type=int, default=16)
     p.add_argument("--out", help="where predictions and the report go (default: the run folder)")
     p.add_argument("--gold", help="official gold file: SQL<TAB>db_id lines, blank line between interactions")

@@ -263,20 +263,29 @@ def autocast(cfg: TrainConfig):
 
 
 @torch.no_grad()
-def evaluate(model: Text2SQL, examples: list[Example], cfg: TrainConfig, batch_size: int | None = None) -> dict:
-    was = model.training
-    model.eval()
+def evaluate(model: Text2SQL, examples: list[Example], cfg: TrainConfig, batch_size: int | None = None,
+             ensemble: list[Text2SQL] = ()) -> dict:
+    """Teacher-forced metrics; with ``ensemble`` (models on the same vocabulary), of the mean of all
+    the models' distributions, as ensemble decoding uses them."""
+    models = [model, *ensemble]
+    was = [m.training for m in models]
+    for m in models:
+        m.eval()
     meter = Meter(len(model.vocab))
     bs = batch_size or max(cfg.batch_size, 8)
     for i in range(0, len(examples), bs):
         batch = examples[i:i + bs]
         with autocast(cfg):
-            out = model(batch)
-        loss, kw, db = sequence_loss(out.logp, out.targets, out.mask, len(model.vocab), cfg.loss_weighting,
+            outs = [m(batch) for m in models]
+        out = outs[0]
+        logp = out.logp if len(outs) == 1 else \
+            torch.logsumexp(torch.stack([o.logp.float() for o in outs]), 0) - math.log(len(outs))
+        loss, kw, db = sequence_loss(logp, out.targets, out.mask, len(model.vocab), cfg.loss_weighting,
                                      len(batch))
-        meter.add(out.logp, out.targets, out.mask, out.turn_index)
+        meter.add(logp, out.targets, out.mask, out.turn_index)
         meter.add_loss(*torch.stack([loss, kw, db]).tolist())
-    model.train(was)
+    for m, w in zip(models, was):
+        m.train(w)
     return meter.summary()
 
 
