@@ -131,6 +131,12 @@ def test_predict_command_keeps_the_conversation(trained, concert_data, tmp_path)
         "[1] Show all singers.", "[2] Which of them are older than 30?", "[1] List stadium names."]
     sqls = [lines[i + 1] for i, l in enumerate(lines) if l.startswith("[")]
     assert all(s.startswith("SELECT") for s in sqls)
+    # a run ensembled with itself answers alike
+    q = subprocess.run([sys.executable, "-m", "text2sql", "predict", "--run", trained.run_dir,
+                        "--ensemble", trained.run_dir, "--tables", f"{concert_data}/tables.json",
+                        "--db_id", "concerts", "--input", str(questions)], cwd=ROOT, capture_output=True,
+                       text=True, timeout=300)
+    assert q.returncode == 0 and q.stdout == p.stdout, q.stderr[-800:]
 
 
 def test_evaluate_command_end_to_end(trained, tmp_path):
