@@ -70,6 +70,11 @@ def _autocast_state(t: torch.Tensor) -> dict:
     return dict(device_type=kind, enabled=torch.is_autocast_enabled(kind), dtype=torch.get_autocast_dtype(kind))
 
 
+def _rows_times(v: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """v [B, D], m [B, K, D] -> [B, K]: each row's vector against each of its K vectors."""
+    return torch.bmm(v.unsqueeze(1), m.transpose(1, 2)).squeeze(1)
+
+
 class _StepAttention(torch.autograd.Function):
     """One step's attention of h [B, hidden] over prepared keys and values [B, K, hidden] (mask
     [B, K]) -> the context's share of the fusion [B, hidden].
@@ -81,7 +86,9 @@ class _StepAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, h, keys, values, mask, log):
-        weights = masked_softmax(torch.bmm(keys, h.unsqueeze(-1)).squeeze(-1), mask)   # [B, K], 0 on padding
+        # Mat-vec products are written as a row times a transposed matrix ([B, 1, hidden] x
+        # [B, hidden, K]): as [B, K, hidden] x [B, hidden, 1], CPU bmm ran them 5-14x slower.
+        weights = masked_softmax(_rows_times(h, keys), mask)                           # [B, K], 0 on padding
         ctx.save_for_backward(h, keys, values, weights)
         ctx.log, ctx.amp = log, _autocast_state(h)
         return torch.bmm(weights.unsqueeze(1), values).squeeze(1)                     # [B, hidden]
@@ -94,7 +101,7 @@ class _StepAttention(torch.autograd.Function):
     @staticmethod
     def _backward(ctx, grad):
         h, keys, values, weights = ctx.saved_tensors
-        d_weights = torch.bmm(values, grad.unsqueeze(-1)).squeeze(-1)                  # [B, K]
+        d_weights = _rows_times(grad, values)                                          # [B, K]
         # softmax backward; masked and all-padding entries have weight 0, so they get 0
         d_scores = weights * (d_weights - (weights * d_weights).sum(-1, keepdim=True))  # [B, K]
         ctx.log.append((d_scores, h, weights, grad))
