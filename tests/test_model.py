@@ -96,6 +96,14 @@ def test_decoder_step_with_products_hoisted_equals_the_textbook_step():
     for i in range(L):
         state, prev_out, logp = dec.step(state, dec.embed(shifted[:, i:i + 1], mem.units)[:, 0], prev_out, prepared)
         assert torch.allclose(logp, got[:, i], atol=1e-10)
+    # a memory prepared with gradients off has no deferred sums to receive its steps' gradients:
+    # differentiating through it must fail, not leave the memory's and weights' gradients out
+    with torch.no_grad():
+        frozen = dec.prepare(mem)
+    _, _, logp = dec.step(dec.init_state(turn_state), dec.embed(shifted[:, :1], mem.units)[:, 0],
+                          turn_state.new_zeros(B, hid), frozen)
+    with pytest.raises(RuntimeError, match="gradients off"):
+        logp.sum().backward()
 
 
 def test_empty_target_loss_is_zero_not_nan():

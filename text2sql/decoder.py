@@ -36,7 +36,7 @@ class DecoderMemory:
     keys: tuple | None = None      # 3 x [B, K, hidden]: utt, units, prev keys times each attention's W
     values: tuple | None = None    # 3 x [B, K, hidden]: the same times the fusion's column block
     weights: tuple | None = None   # (W_rec [4 hidden, 2 hidden], W_fuse_rec [hidden, 2 hidden]): shared
-    grad_log: list | None = None   # the steps' attention gradients, summed once (_DeferredMemoryGrad)
+    grad_log: tuple | None = None  # the steps' attention and weight gradients, summed once after the loop
 
     def select(self, rows) -> "DecoderMemory":
         """The memory of some of the B turns (a slice or index tensor), every field alike."""
@@ -100,6 +100,8 @@ class _StepAttention(torch.autograd.Function):
 
     @staticmethod
     def _backward(ctx, grad):
+        if ctx.log is None:
+            raise RuntimeError("decoder memory prepared with gradients off, then differentiated")
         h, keys, values, weights = ctx.saved_tensors
         d_weights = _rows_times(grad, values)                                          # [B, K]
         # softmax backward; masked and all-padding entries have weight 0, so they get 0
@@ -133,6 +135,49 @@ class _DeferredMemoryGrad(torch.autograd.Function):
             d_values = d_values + torch.bmm(weights.transpose(1, 2), grad)              # [B, K, hidden]
             ctx.log.clear()
         return d_keys, d_values, None
+
+
+class _StepProduct(torch.autograd.Function):
+    """x [B, D] @ w.T for a weight w [O, D] that every step multiplies. Its backward gives x its
+    gradient at once and logs (x, grad) for :class:`_DeferredWeightGrad`, so that w's gradient is
+    one [O, B*T] x [B*T, D] product after the loop rather than a small product and an [O, D]
+    accumulation at every step."""
+
+    @staticmethod
+    def forward(ctx, x, w, log):
+        ctx.save_for_backward(x, w)
+        ctx.log, ctx.amp = log, _autocast_state(x)
+        return x @ w.T
+
+    @staticmethod
+    def backward(ctx, grad):
+        with torch.autocast(**ctx.amp):
+            x, w = ctx.saved_tensors
+            ctx.log.append((x, grad))
+            return grad @ w, None, None
+
+
+def _product(x: torch.Tensor, w: torch.Tensor, log: list | None) -> torch.Tensor:
+    return x @ w.T if log is None else _StepProduct.apply(x, w, log)
+
+
+class _DeferredWeightGrad(torch.autograd.Function):
+    """The identity on a step weight; every step's :class:`_StepProduct` reads its output, so its
+    backward runs after theirs and sums their logs into the weight's gradient."""
+
+    @staticmethod
+    def forward(ctx, w, log):
+        ctx.log, ctx.amp = log, _autocast_state(w)
+        return w.view_as(w)
+
+    @staticmethod
+    def backward(ctx, d_w):
+        with torch.autocast(**ctx.amp):
+            if ctx.log:
+                x, grad = (torch.cat(t, 0) for t in zip(*ctx.log))               # [B*T, D], [B*T, O]
+                d_w = d_w + grad.T @ x                                              # [O, D]
+                ctx.log.clear()
+            return d_w, None
 
 
 class PreviousQueryEncoder(nn.Module):
@@ -250,13 +295,15 @@ class Decoder(nn.Module):
         keys = tuple(k @ att.proj.weight for k, att in                            # 3 x [B, K, hidden]
                      ((mem.utt, self.att_utt), (mem.units, self.att_db), (mem.prev, self.att_prev)))
         values = (mem.utt @ w_utt.T, mem.units @ w_db.T, mem.prev @ w_prev.T)    # 3 x [B, K, hidden]
-        logs = ([], [], [])
-        if torch.is_grad_enabled():
-            pairs = [_DeferredMemoryGrad.apply(k, v, log) for k, v, log in zip(keys, values, logs)]
-            keys, values = tuple(k for k, _ in pairs), tuple(v for _, v in pairs)
         w_rec = torch.cat([self.cell.weight_ih[:, H:], self.cell.weight_hh], 1)   # [4 hidden, 2 hidden]
         w_fuse_rec = torch.cat([w_prev_out, w_h], 1)                              # [hidden, 2 hidden]
-        return replace(mem, keys=keys, values=values, weights=(w_rec, w_fuse_rec), grad_log=logs)
+        weights, logs = (w_rec, w_fuse_rec), None
+        if torch.is_grad_enabled():
+            logs = tuple([] for _ in range(5))          # 3 attentions, then the 2 step weights
+            pairs = [_DeferredMemoryGrad.apply(k, v, log) for k, v, log in zip(keys, values, logs)]
+            keys, values = tuple(k for k, _ in pairs), tuple(v for _, v in pairs)
+            weights = tuple(_DeferredWeightGrad.apply(w, log) for w, log in zip(weights, logs[3:]))
+        return replace(mem, keys=keys, values=values, weights=weights, grad_log=logs)
 
     def input_terms(self, emb: torch.Tensor):
         """Token embeddings [..., H] -> their share of the LSTM gates [..., 4 hidden] and of the
@@ -271,14 +318,15 @@ class Decoder(nn.Module):
         mem = self.prepare(mem)      # a no-op on a prepared memory; callers looping prepare once
         gates_in, fuse_in = terms                                   # [B, 4 hidden], [B, hidden]
         w_rec, w_fuse_rec = mem.weights
+        logs = mem.grad_log or (None,) * 5           # None: prepared without gradients
         h, c = state
-        gates = gates_in + torch.cat([prev_out, h], -1) @ w_rec.T  # [B, 4 hidden]
+        gates = gates_in + _product(torch.cat([prev_out, h], -1), w_rec, logs[3])       # [B, 4 hidden]
         i, f, g, o = gates.chunk(4, -1)                             # nn.LSTMCell's gate order
         c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
         h = torch.sigmoid(o) * torch.tanh(c)
-        fused = fuse_in + torch.cat([prev_out, h], -1) @ w_fuse_rec.T            # [B, hidden]
+        fused = fuse_in + _product(torch.cat([prev_out, h], -1), w_fuse_rec, logs[4])   # [B, hidden]
         masks = (mem.utt_mask, mem.unit_mask, mem.prev_mask)
-        for keys, values, mask, log in zip(mem.keys, mem.values, masks, mem.grad_log):
+        for keys, values, mask, log in zip(mem.keys, mem.values, masks, logs):
             fused = fused + _StepAttention.apply(h, keys, values, mask, log)     # [B, hidden]
         return (h, c), self.dropout(torch.tanh(fused))
 
