@@ -11,6 +11,7 @@ Target ids live in the joint space: ``id < K`` is keyword ``id``, ``K + j`` is u
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields, replace
 
 import torch
@@ -61,6 +62,14 @@ def same_table(tab: torch.Tensor, unit_tables: torch.Tensor) -> torch.Tensor:
     """Tables tab [B, L] (-1: none), unit_tables [B, U] -> [B, L, U] bool: unit u belongs to
     table tab[b, l]."""
     return (tab.unsqueeze(2) == unit_tables.unsqueeze(1)) & (tab >= 0).unsqueeze(2)
+
+
+def mean_distribution(logps: list[torch.Tensor]) -> torch.Tensor:
+    """Log-probabilities of several models, alike in shape -> the log of their mean probability
+    (an ensemble's distribution; not the mean of the logs), in float32."""
+    if len(logps) == 1:
+        return logps[0]
+    return torch.logsumexp(torch.stack([lp.float() for lp in logps]), 0) - math.log(len(logps))
 
 
 def _autocast_state(t: torch.Tensor) -> dict:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from .decoder import NEG, DecoderMemory
+from .decoder import NEG, DecoderMemory, mean_distribution
 from .errors import DataError
 from .schema import Schema
 from .sql_tokens import CLAUSES, SET_OPS, tokens_to_sql
@@ -144,6 +144,7 @@ class _Stepper:
 
     def __init__(self, decoder, turn_state: torch.Tensor, mem: DecoderMemory):
         self.decoder, self.turn_state, self.mem = decoder, turn_state, decoder.prepare(mem)
+        self.turns, self.device = turn_state.shape[0], turn_state.device
 
     def start(self, owner: torch.Tensor) -> dict:
         d = self.decoder
@@ -177,15 +178,14 @@ class _Ensemble:
 
     def __init__(self, steppers: list[_Stepper]):
         self.steppers = steppers
+        self.turns, self.device = steppers[0].turns, steppers[0].device
 
     def start(self, owner):
         return [s.start(owner) for s in self.steppers]
 
     def step(self, carry, tok):
         stepped = [s.step(c, tok) for s, c in zip(self.steppers, carry)]
-        logps = torch.stack([lp for _, lp in stepped])                        # [models, n, V]
-        logp = torch.logsumexp(logps, 0) - torch.log(torch.tensor(float(len(stepped))))
-        return [c for c, _ in stepped], logp
+        return [c for c, _ in stepped], mean_distribution([lp for _, lp in stepped])   # [n, V]
 
     def choose(self, carry, idx, tok):
         return [s.choose(c, idx, tok) for s, c in zip(self.steppers, carry)]
@@ -206,8 +206,7 @@ def greedy(decoder, turn_state, mem: DecoderMemory, vocab: Vocab, grammar: Gramm
     """Greedy decoding of B turns at once -> joint ids per turn, without the end token.
     ``decoder``, ``turn_state`` [B, S] and ``mem`` may be lists of one per model (an ensemble)."""
     search = _stepper(decoder, turn_state, mem)
-    first = turn_state[0] if isinstance(turn_state, (list, tuple)) else turn_state
-    B, dev = first.shape[0], first.device
+    B, dev = search.turns, search.device
     carry = search.start(torch.arange(B, device=dev))
     tok = torch.full((B,), vocab.go, dtype=torch.long, device=dev)
     seqs: list[list[int]] = [[] for _ in range(B)]
@@ -243,8 +242,7 @@ def beam_search(decoder, turn_state, mem: DecoderMemory, vocab: Vocab, grammar: 
     hypothesis can beat its best finished one.
     """
     search = _stepper(decoder, turn_state, mem)
-    first = turn_state[0] if isinstance(turn_state, (list, tuple)) else turn_state
-    B, dev = first.shape[0], first.device
+    B, dev = search.turns, search.device
     n = B * beam
     owner = torch.arange(B, device=dev).repeat_interleave(beam)             # [n] slot -> turn
     carry = search.start(owner)

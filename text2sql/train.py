@@ -22,6 +22,7 @@ import torch
 
 from .config import RESUME_MAY_CHANGE, TrainConfig
 from .data import SHIPPED_DATA, Interaction, db_split, read_split, split_path, tables_path
+from .decoder import mean_distribution
 from .errors import DataError
 from .metrics import Meter, sequence_loss
 from .model import MODULES, Example, Text2SQL, module_of
@@ -278,8 +279,7 @@ def evaluate(model: Text2SQL, examples: list[Example], cfg: TrainConfig, batch_s
         with autocast(cfg):
             outs = [m(batch) for m in models]
         out = outs[0]
-        logp = out.logp if len(outs) == 1 else \
-            torch.logsumexp(torch.stack([o.logp.float() for o in outs]), 0) - math.log(len(outs))
+        logp = mean_distribution([o.logp for o in outs])
         loss, kw, db = sequence_loss(logp, out.targets, out.mask, len(model.vocab), cfg.loss_weighting,
                                      len(batch))
         meter.add(logp, out.targets, out.mask, out.turn_index)
