@@ -136,6 +136,10 @@ def logdir(tmp_path_factory):
     (root / "starting").mkdir()
     shutil.copy(root / "mt1" / "config.json", root / "starting" / "config.json")
     (root / "not_a_run").mkdir()                  # an unrelated folder is not listed
+
+    # evaluate's reports, where users put them: below the run folder (--out RUN/NAME)
+    for out, flags in (("greedy", []), ("beam2", ["--beam", "2"]), ("gold", ["--use_gold_previous"])):
+        assert main(["evaluate", "--run", str(root / "mt3"), "--out", str(root / "mt3" / out), *flags]) == 0
     return root
 
 
@@ -360,3 +364,69 @@ def test_compare_shows_what_a_resume_changed(logdir, tmp_path, capsys):
     (run / "resumes.jsonl").write_text("{broken\n")
     assert main(["compare", str(run), "--json"]) == 0
     assert "corrupt: resumes.jsonl line 1" in json.loads(capsys.readouterr().out)["runs"][0]["problems"]
+
+
+def report_file(run_dir, sub):
+    return json.loads((run_dir / sub / "eval_dev.json").read_text())
+
+
+def test_decoded_figures_come_from_evaluate_reports(logdir, capsys):
+    import torch
+    _, rows = listing(logdir, capsys)
+    decoded = {d["path"]: d for d in rows["mt3"]["decoded"]}
+    assert set(decoded) == {"greedy/eval_dev.json", "beam2/eval_dev.json", "gold/eval_dev.json"}
+    epoch = torch.load(logdir / "mt3" / "best.pt", map_location="cpu", weights_only=False)["epoch"]
+    for sub, beam in (("greedy", 1), ("beam2", 2), ("gold", 1)):
+        rep, d = report_file(logdir / "mt3", sub), decoded[f"{sub}/eval_dev.json"]
+        assert (d["question_match"], d["interaction_match"]) == (rep["question_match"], rep["interaction_match"])
+        assert d["beam"] == beam and d["epoch"] == epoch and rep["decoding"]["checkpoint"]["epoch"] == epoch
+        assert d["gold_previous"] == (sub == "gold") and d["own"] == (sub != "gold") and not d["stale"]
+    own = max((decoded[p] for p in ("beam2/eval_dev.json", "greedy/eval_dev.json")),   # ties: first by path
+              key=lambda d: (d["question_match"], d["interaction_match"]))
+    assert rows["mt3"]["best_decoded"] == own
+    assert rows["mt1"]["decoded"] == [] and rows["mt1"]["best_decoded"] is None
+    assert main(["runs", "--logdir", str(logdir)]) == 0
+    line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("mt3 "))
+    assert f"{own['question_match']:.2f} / {own['interaction_match']:.2f}" in line
+
+
+def test_compare_judges_decoded_figures_against_editsql(logdir, tmp_path, capsys):
+    run = tmp_path / "mt3"
+    shutil.copytree(logdir / "mt3", run)
+    # a gold-previous report never counts as the run's own figure, however high
+    rep = report_file(run, "gold")
+    rep["question_match"], rep["interaction_match"] = 99.0, 98.0
+    (run / "gold" / "eval_dev.json").write_text(json.dumps(rep))
+    assert main(["compare", str(logdir / "mt1"), str(run), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    best = out["runs"][1]["best_decoded"]
+    assert best["path"] != "gold/eval_dev.json"
+    assert out["verdicts"]["mt3"]["question_match"] == f"misses by {47.2 - best['question_match']:.2f}"
+    assert out["verdicts"]["mt3"]["interaction_match"] == f"misses by {29.5 - best['interaction_match']:.2f}"
+    assert out["verdicts"]["mt1"]["question_match"] == "-"
+    assert main(["compare", str(logdir / "mt1"), str(run)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    gold = next(l for l in lines if l.startswith("decoded QM / IM gold/eval_dev.json"))
+    assert "99.00 / 98.00 (greedy, gold previous" in gold
+    beam = next(l for l in lines if l.startswith("decoded QM / IM beam2/eval_dev.json"))
+    assert "(beam 2, @" in beam and beam.split()[5] == "-"          # mt1 has no such report
+
+
+def test_evaluate_from_python_leaves_gradients_on(logdir, tmp_path):
+    import torch
+    assert main(["evaluate", "--run", str(logdir / "mt1"), "--out", str(tmp_path / "e")]) == 0
+    assert torch.is_grad_enabled()          # a caller that trains next still gets gradients
+
+
+def test_a_report_older_than_best_pt_is_stale_and_a_broken_one_a_problem(logdir, tmp_path, capsys):
+    run = tmp_path / "mt3"
+    shutil.copytree(logdir / "mt3", run)
+    for sub in ("greedy", "beam2", "gold"):
+        os.utime(run / sub / "eval_dev.json", (1_000_000, 1_000_000))    # written long before best.pt
+    (run / "extra").mkdir()
+    (run / "extra" / "eval_dev.json").write_text('{"question_match": "high"}')
+    assert main(["compare", str(run), "--json"]) == 0
+    s = json.loads(capsys.readouterr().out)["runs"][0]
+    assert all(d["stale"] and "stale: best.pt is newer" in d["described"] for d in s["decoded"])
+    assert s["best_decoded"] is None                     # no current figure to judge
+    assert "corrupt: extra/eval_dev.json: no question and interaction match" in s["problems"]

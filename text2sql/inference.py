@@ -170,15 +170,21 @@ def _split_interactions(cfg, data: str | None, split: str):
 
 
 def evaluate_run(args) -> dict:
-    import json
     import torch
+    # a context, not a global switch: a Python caller (a notebook, a test) that evaluates and then
+    # trains in the same process must get its gradients back
+    with torch.no_grad():
+        return _evaluate_run(args)
+
+
+def _evaluate_run(args) -> dict:
+    import json
     from .decoding import ids_to_sql
     from .evaluation import evaluate_files, exact_match, write_gold, write_predictions
     from .train import evaluate as teacher_forced, load_run, make_examples
     model, cfg, vocab = load_run(args.run, device=args.device)
     model.eval()
     ensemble = load_ensemble(args, cfg, vocab)
-    torch.set_grad_enabled(False)
     items, schemas, targets = _split_interactions(cfg, args.data, args.split)
     examples = make_examples(items, schemas, targets, vocab)
     tf = teacher_forced(model, examples, cfg, ensemble=ensemble)
@@ -219,7 +225,9 @@ def evaluate_run(args) -> dict:
     report["teacher_forced"] = tf
     report["decoding"] = {"beam": args.beam, "constrained": not args.no_constraints,
                           "use_gold_previous": args.use_gold_previous, "split": args.split,
-                          "ensemble": [args.run, *args.ensemble] if args.ensemble else None}
+                          "ensemble": [args.run, *args.ensemble] if args.ensemble else None,
+                          "checkpoint": model.checkpoint,
+                          "ensemble_checkpoints": [m.checkpoint for m in ensemble] or None}
     with open(os.path.join(out_dir, f"eval_{args.split}.json"), "w") as f:
         json.dump(report, f, indent=1)
     try:

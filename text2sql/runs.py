@@ -1,7 +1,8 @@
 """``python -m text2sql runs`` and ``compare``: run folders side by side, and against EditSQL.
 
-Both read only what ``train`` writes: ``config.json``, ``metrics.jsonl``, ``status.json`` and the
-tensorboard event file names (for the start time). A folder that is half written (a run that is
+Both read only what ``train`` and ``evaluate`` write: ``config.json``, ``metrics.jsonl``,
+``status.json``, the tensorboard event file names (for the start time), and the ``eval_*.json``
+reports that ``evaluate`` leaves in the run folder or one folder below it (``--out RUN/beam4``). A folder that is half written (a run that is
 still starting, a last line cut off by a crash) or corrupt (hand-edited, truncated) gets a row that
 says so; it never stops the listing. This module imports no torch (the CLI may load it for other
 commands' parsers; nothing here needs it), and matplotlib only when ``compare --plot`` draws.
@@ -25,12 +26,17 @@ from .errors import DataError
 # EditSQL on the official SParC dev set: the published teacher-forced token accuracy, and the best
 # valid string accuracy of its released log (logs_sparc_editsql/log.txt, at its "Epoch: 31").
 PUBLISHED = {"token_acc": 90.6, "string_acc": 55.94}
+# and its published decoded figures there (question / interaction match, each turn reading its own
+# previous prediction); EditSQL's log.txt has no decoded figures, so these hold with --reference too
+PUBLISHED_DECODED = {"question_match": 47.2, "interaction_match": 29.5}
+DECODED_LABELS = {"question_match": "question match", "interaction_match": "interaction match"}
 ACCURACIES = ("token_acc", "string_acc", "keyword_acc", "db_acc")
 LABELS = {"token_acc": "token", "string_acc": "string", "keyword_acc": "keyword", "db_acc": "DB"}
 # where a run was written, read from or cached, whether it resumed and its note: not what it trained
 NOT_CONFIG = {"run_dir", "resume", "logdir", "note", "cache_dir"}
 RUN_FILES = ("config.json", "metrics.jsonl", "status.json", "vocab.json", "best.pt", "last.pt")
 EVENTS = re.compile(r"^events\.out\.tfevents\.(\d+)")
+REPORT = re.compile(r"^eval_\w+\.json$")
 
 
 @dataclass
@@ -43,6 +49,7 @@ class Run:
     problems: list = field(default_factory=list)
     started: float | None = None
     resumes: list = field(default_factory=list)     # resumes.jsonl: what each resume changed
+    reports: list = field(default_factory=list)     # evaluate's reports found in the folder (Report)
 
     @property
     def split(self) -> str:
@@ -150,7 +157,100 @@ def load_run(path: str) -> Run:
             run.resumes.append({"after_epoch": int(r["after_epoch"]), "changed": dict(r["changed"])})
         except (ValueError, KeyError, TypeError):
             run.problems.append(f"corrupt: resumes.jsonl line {i}")
+    run.reports = read_reports(path, run.problems)
     return run
+
+
+@dataclass
+class Report:
+    """One ``evaluate`` report of a run: its decoded figures and how they were decoded."""
+    path: str                      # relative to the run folder, e.g. beam4/eval_dev.json
+    question_match: float
+    interaction_match: float
+    beam: int | None
+    gold_previous: bool            # each turn read the gold previous query, not its own prediction
+    split: str
+    ensemble: int                  # models averaged (1: the run alone)
+    epoch: int | None              # the checkpoint's epoch, where the report names it
+    stale: bool                    # best.pt was rewritten after the report: it is of older weights
+
+    @property
+    def own(self) -> bool:
+        """The run's own figure as EditSQL reports its: alone, on its validation set, each turn
+        reading its own previous prediction."""
+        return self.ensemble == 1 and not self.gold_previous and self.split == "dev"
+
+    def describe(self) -> str:
+        parts = ["greedy" if (self.beam or 1) <= 1 else f"beam {self.beam}"]
+        if self.gold_previous:
+            parts.append("gold previous")
+        if self.ensemble > 1:
+            parts.append(f"ensemble of {self.ensemble}")
+        if self.split != "dev":
+            parts.append(f"{self.split} split")
+        if self.epoch is not None:
+            parts.append(f"@{self.epoch}")
+        if self.stale:
+            parts.append("stale: best.pt is newer")
+        return ", ".join(parts)
+
+    def as_dict(self) -> dict:
+        return {**self.__dict__, "own": self.own, "described": self.describe()}
+
+
+def read_reports(path: str, problems: list) -> list[Report]:
+    """``evaluate``'s reports in the run folder and in its subfolders (``--out RUN/NAME``), by path.
+
+    A report older than the folder's ``best.pt`` is marked stale: training found a new best after
+    it was written, so its figures are of weights the run no longer has."""
+    try:
+        best_mtime = os.path.getmtime(os.path.join(path, "best.pt"))
+    except OSError:
+        best_mtime = None
+    found = []
+    for sub in [""] + sorted(n for n in _listdir(path) if os.path.isdir(os.path.join(path, n))):
+        for name in sorted(_listdir(os.path.join(path, sub))):
+            if REPORT.match(name):
+                found.append(os.path.join(sub, name) if sub else name)
+    out = []
+    for rel in found:
+        full = os.path.join(path, rel)
+        obj = _read_json_object(full, rel, problems)
+        if obj is None:
+            continue
+        qm, im = obj.get("question_match"), obj.get("interaction_match")
+        dec = obj.get("decoding") if isinstance(obj.get("decoding"), dict) else {}
+        if not (_finite(qm) and _finite(im)):
+            problems.append(f"corrupt: {rel}: no question and interaction match")
+            continue
+        ckpt = dec.get("checkpoint") if isinstance(dec.get("checkpoint"), dict) else {}
+        epoch = ckpt.get("epoch") if isinstance(ckpt.get("epoch"), int) else None
+        members = dec.get("ensemble")
+        try:
+            stale = best_mtime is not None and best_mtime > os.path.getmtime(full)
+        except OSError:
+            stale = False
+        out.append(Report(path=rel, question_match=float(qm), interaction_match=float(im),
+                          beam=dec.get("beam") if isinstance(dec.get("beam"), int) else None,
+                          gold_previous=bool(dec.get("use_gold_previous")),
+                          split=str(dec.get("split") or "dev"),
+                          ensemble=len(members) if isinstance(members, list) and members else 1,
+                          epoch=epoch, stale=stale))
+    return out
+
+
+def _listdir(path: str) -> list[str]:
+    try:
+        return os.listdir(path)
+    except OSError:
+        return []
+
+
+def best_report(run: Run) -> Report | None:
+    """The run's best own decoded figure (highest question match, then interaction match; the first
+    by path on ties) among reports still current."""
+    own = [r for r in run.reports if r.own and not r.stale]
+    return max(own, key=lambda r: (r.question_match, r.interaction_match), default=None)
 
 
 def resumed_with(run: Run) -> str:
@@ -293,6 +393,8 @@ def summary(run: Run, diff_keys: list[str]) -> dict:
         "last": {k: _pair(last(run.rows, split, k)) for k in ACCURACIES},
         "config": {k: cfg.get(k, "-") for k in diff_keys} if run.config is not None else None,
         "resumed_with": resumed_with(run),
+        "decoded": [r.as_dict() for r in run.reports],
+        "best_decoded": None if best_report(run) is None else best_report(run).as_dict(),
         "status": lifecycle(run), "problems": list(run.problems),
     }
 
@@ -428,7 +530,7 @@ def status_cell(s: dict) -> str:
 
 def runs_table(summaries: list[dict], diff_keys: list[str]) -> str:
     header = ["run", "started", "note", "config", "epochs", "split", "best token", "best string",
-              "best keyword", "best DB", "status"]
+              "best keyword", "best DB", "decoded QM / IM", "status"]
     rows = []
     for s in summaries:
         if s["config"] is None:
@@ -438,8 +540,22 @@ def runs_table(summaries: list[dict], diff_keys: list[str]) -> str:
         epochs = f"{s['epochs_done']}/{s['epochs']}" if s["epochs"] is not None else str(s["epochs_done"])
         split = s["split"] if s["split"] == "valid" else "train (no valid)"
         rows.append([s["name"], _clock(s["started"]), _short(s["note"], 30) or "-", cfg, epochs, split]
-                    + [_fig(s["best"][k]) for k in ACCURACIES] + [status_cell(s)])
+                    + [_fig(s["best"][k]) for k in ACCURACIES] + [_decoded(s["best_decoded"]), status_cell(s)])
     return table(header, rows)
+
+
+def _decoded(rep: dict | None, full: bool = False) -> str:
+    """'35.16 / 17.54' (question / interaction match); with ``full``, how it was decoded too."""
+    if rep is None:
+        return "-"
+    figs = f"{rep['question_match']:.2f} / {rep['interaction_match']:.2f}"
+    return f"{figs} ({rep['described']})" if full else figs
+
+
+def decoded_verdicts(s: dict) -> dict:
+    """The run's best own decoded figures against EditSQL's published ones."""
+    rep = s["best_decoded"]
+    return {k: verdict(None if rep is None else rep[k], t) for k, t in PUBLISHED_DECODED.items()}
 
 
 def _value(v) -> str:
@@ -467,6 +583,14 @@ def compare_table(summaries: list[dict], diff_keys: list[str], ref: Reference) -
     for k, target in ref.targets.items():
         row(f"best {LABELS[k]} vs EditSQL {target:.2f}",
             [verdict((s["best"][k] or {}).get("value"), target) for s in summaries])
+    # decoded figures, one row per report path found in any of the runs (evaluate --out RUN/NAME)
+    paths = sorted({d["path"] for s in summaries for d in s["decoded"]})
+    for path in paths:
+        row(f"decoded QM / IM {path}",
+            [_decoded(next((d for d in s["decoded"] if d["path"] == path), None), full=True) for s in summaries])
+    if paths:
+        for k, target in PUBLISHED_DECODED.items():
+            row(f"best {DECODED_LABELS[k]} vs EditSQL {target:.1f}", [decoded_verdicts(s)[k] for s in summaries])
     header = ["figure"] + [s["name"] for s in summaries] + ([ref.label] if ref.rows else [])
     return table(header, rows)
 
@@ -566,8 +690,10 @@ def run_compare(args) -> int:
         print(json.dumps(_strict({
             "runs": summaries, "config_keys_that_differ": keys,
             "reference": {"label": ref.label, "source": ref.source, "targets": ref.targets, "rows": ref.rows},
-            "verdicts": {s["name"]: {k: verdict((s["best"][k] or {}).get("value"), t)
-                                     for k, t in ref.targets.items()} for s in summaries},
+            "decoded_targets": PUBLISHED_DECODED,
+            "verdicts": {s["name"]: {**{k: verdict((s["best"][k] or {}).get("value"), t)
+                                        for k, t in ref.targets.items()}, **decoded_verdicts(s)}
+                         for s in summaries},
             "plot": plot})))
         return 0
     print(ref.describe())

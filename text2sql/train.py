@@ -250,6 +250,9 @@ def load_run(run_dir: str, device: str = "cpu", which: str = "best.pt"):
     model = build_model(cfg, vocab)
     ckpt = torch.load(os.path.join(run_dir, which), map_location=device, weights_only=False)
     model.load_state_dict(ckpt["model"])
+    # which weights these are: an evaluation report names them, so that a report written before
+    # the run trained on (and found a new best) can be told apart from a current one
+    model.checkpoint = {"file": which, "epoch": ckpt.get("epoch"), "step": ckpt.get("step")}
     return model.eval(), cfg, vocab
 
 
