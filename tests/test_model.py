@@ -1,6 +1,7 @@
 """The parser on a tiny random BERT: masking, gradients, history, decoding, training loop."""
 import copy
 import json
+import math
 import os
 
 import pytest
@@ -116,6 +117,49 @@ def test_empty_target_loss_is_zero_not_nan():
     m = Meter(5)
     m.add(logp, targets, mask)
     assert m.summary()["turns"] == 0 and m.summary()["token_acc"] == 0.0
+
+
+def test_label_smoothing_spreads_over_the_outputs_the_step_could_choose():
+    from text2sql.decoder import NEG
+    torch.manual_seed(0)
+    K = 3                                             # 3 keywords, then 4 unit slots
+    logits = torch.randn(2, 3, 7)
+    logits[0, :, 5:] = NEG                            # interaction 0's schema has 2 units, 1 has 4
+    logp = torch.log_softmax(logits, -1)
+    targets = torch.tensor([[0, 4, 2], [6, 1, 0]])
+    mask = torch.tensor([[True, True, True], [True, True, False]])
+    eps = 0.2
+    for weighting, denom in (("sum", 2.0), ("per_step", 5.0)):
+        plain = sequence_loss(logp, targets, mask, K, weighting, 2)
+        smooth = sequence_loss(logp, targets, mask, K, weighting, 2, smoothing=eps)
+        kw_sum = db_sum = 0.0
+        for b in range(2):
+            n_ok = 5 if b == 0 else 7
+            for t in range(3):
+                if not mask[b, t]:
+                    continue
+                uniform = -sum(float(logp[b, t, j]) for j in range(n_ok)) / n_ok
+                term = (1 - eps) * -float(logp[b, t, targets[b, t]]) + eps * uniform
+                if targets[b, t] < K:
+                    kw_sum += term
+                else:
+                    db_sum += term
+        assert abs(float(smooth[1]) - kw_sum / denom) < 1e-5 and abs(float(smooth[2]) - db_sum / denom) < 1e-5
+        assert abs(float(smooth[0]) - (kw_sum + db_sum) / denom) < 1e-5
+        assert float(smooth[0]) < 100 and float(smooth[0]) != float(plain[0])   # padding never counted
+        assert torch.equal(sequence_loss(logp, targets, mask, K, weighting, 2, smoothing=0.0)[0], plain[0])
+
+
+def test_label_smoothing_trains_and_refuses_a_share_out_of_range(concert_data, tmp_path):
+    losses = {}
+    for eps in (0.0, 0.1):
+        tr = Trainer(cfg_for(concert_data, tmp_path / f"ls{eps}", label_smoothing=eps), log=quiet, progress=False)
+        losses[eps] = tr.train_step(tr.train_ex[:4], Meter(len(tr.vocab)))
+        assert math.isfinite(losses[eps])
+    # the same weights and batch (seeded): smoothing adds the uniform term, so the first loss moves
+    assert losses[0.1] != losses[0.0]
+    with pytest.raises(ValueError, match="label_smoothing"):
+        Trainer(cfg_for(concert_data, tmp_path / "bad", label_smoothing=1.0), log=quiet, progress=False)
 
 
 def test_token_accuracy_is_a_mean_of_per_turn_ratios():
@@ -545,6 +589,21 @@ def test_cli_train_exit_code_on_nan_guard_is_not_a_traceback(concert_data, tmp_p
     assert p.returncode == 3, p.stderr[-500:]
     last = p.stderr.strip().splitlines()[-1]
     assert last.startswith("error: non-finite loss") and "debug checkpoint" in last
+
+
+def test_cli_flags_that_cannot_go_together_are_one_line_before_anything_is_written(concert_data, tmp_path,
+                                                                                  capsys):
+    from text2sql.__main__ import main
+    cases = ((["--sample_chain"], "--sample_chain needs --sample_previous"),
+             (["--label_smoothing", "1.5"], "--label_smoothing must be in [0, 1)"),
+             (["--tune_top_layers", "1", "--fix_bert"], "--tune_top_layers 1 cannot go with --fix_bert"),
+             (["--sample_previous", "0.5", "--unbatched"], "--sample_previous is not implemented for --unbatched"))
+    for i, (flags, message) in enumerate(cases):
+        run = tmp_path / f"r{i}"
+        code = main(["train", "--data", concert_data, "--bert", "tiny", "--epochs", "1", "--run_dir", str(run), *flags])
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(lines) == 1 and lines[0].startswith("error: " + message), lines
+        assert not run.exists()                  # no half-made run folder left behind
 
 
 def test_unit_mask_trains_a_relevance_head_and_masks_when_decoding(concert_data, tmp_path):

@@ -5,7 +5,7 @@ import argparse
 import json
 import sys
 
-from .errors import DataError
+from .errors import ConfigError, DataError
 from .runs import add_runs_commands
 
 
@@ -82,6 +82,9 @@ def main(argv=None) -> int:
         return args.func(args) or 0
     except DataError as e:
         print(f"error: {e.line()}", file=sys.stderr)
+        return 2
+    except ConfigError as e:
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
     except RuntimeError as e:
         from .encoder import EncoderLoadError   # torch is loaded by now, whatever ran

@@ -10,6 +10,8 @@ import json
 import os
 from dataclasses import MISSING, asdict, dataclass, field, fields
 
+from .errors import ConfigError
+
 
 def _f(default, help, **kw):
     return field(default=default, metadata={"help": help, **kw})
@@ -96,6 +98,9 @@ class TrainConfig:
     clip: float = _f(5.0, "gradient-norm clipping of the non-BERT parameters (0: off)")
     loss_weighting: str = _f("sum", "sum: token losses summed per interaction; per_step: mean over tokens",
                              choices=["sum", "per_step"])
+    label_smoothing: float = _f(0.0, "in training, this share of each token's loss is spread evenly over every "
+                                      "output the step can choose (keywords and the schema's units; never padding); "
+                                      "validation losses stay plain NLL")
     shuffle: bool = _f(False, "shuffle interactions every epoch (seeded)")
     sort_by_turns: bool = _f(False, "batch interactions of similar length together")
     skip_nonfinite: bool = _f(False, "skip and count steps with a non-finite loss or gradient instead of stopping")
@@ -117,6 +122,22 @@ class TrainConfig:
     logdir: str = _f("logs", "where run folders go")
     note: str = _f("", "a note for this run (shown by later tools)")
     run_dir: str | None = _f(None, "write this run here instead of logs/<Mon DD_HH-MM-SS>_<host>/")
+
+    def check(self):
+        """Flags the run cannot use, alone or together: a ConfigError (one line) before anything
+        is loaded or written."""
+        if self.tune_top_layers and (self.fix_bert or self.grad_checkpointing):
+            raise ConfigError(f"--tune_top_layers {self.tune_top_layers} cannot go with "
+                              f"{'--fix_bert' if self.fix_bert else '--grad_checkpointing'}: it freezes all "
+                              "but the top layers itself, and runs them outside BERT's own checkpointed loop")
+        if self.sample_previous and self.unbatched:
+            raise ConfigError("--sample_previous is not implemented for --unbatched (the reference path "
+                              "reads gold previous queries only)")
+        if self.sample_chain and not self.sample_previous:
+            raise ConfigError("--sample_chain needs --sample_previous P > 0 (it changes how the sampled "
+                              "previous queries are predicted)")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ConfigError(f"--label_smoothing must be in [0, 1), not {self.label_smoothing}")
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1, sort_keys=True)

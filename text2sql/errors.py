@@ -1,4 +1,5 @@
-"""The one error type the data layer raises: a message that names where the problem is."""
+"""The errors the CLI prints as one line: bad input (``DataError``, naming where the problem is) and
+flags a run cannot use together (``ConfigError``)."""
 
 
 class DataError(ValueError):
@@ -36,3 +37,7 @@ class DataError(ValueError):
                          file=self.file if self.file is not None else file,
                          interaction=self.interaction if self.interaction is not None else interaction,
                          turn=self.turn if self.turn is not None else turn)
+
+
+class ConfigError(ValueError):
+    """A flag, or a combination of flags, that a run cannot use: one line naming the flags."""

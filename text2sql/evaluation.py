@@ -23,6 +23,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from .errors import DataError
 from .schema import Schema, connect_readonly, load_tables
 from .sql_tokens import AGGREGATES, Query, Select, Tok, parse_sql
 
@@ -557,7 +558,7 @@ def read_gold(path) -> list[list[tuple[str, str]]]:
         inter = []
         for line in block:
             if "\t" not in line:
-                raise ValueError(f"{path}: gold line without a TAB and db_id: {line!r}")
+                raise DataError(f"gold line without a TAB and db_id: {line!r}", file=path)
             sql, db = line.rsplit("\t", 1)
             inter.append((sql.strip(), db.strip()))
         out.append(inter)

@@ -13,17 +13,30 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .decoder import NEG
+
+# a log-probability below this is an output the decoder masked (its logit was NEG)
+NEG_LOGP = NEG / 10
+
 
 def sequence_loss(logp, targets, mask, n_keywords: int, weighting: str, n_interactions: int,
-                  denominator: torch.Tensor | float | None = None):
+                  denominator: torch.Tensor | float | None = None, smoothing: float = 0.0):
     """-> (loss, keyword part, DB part), each already divided by the weighting's denominator.
 
     ``sum``: summed token losses per interaction (EditSQL's unit of training); ``per_step``: the
     mean over target tokens. Denominators are clamped so an all-padding batch gives 0, not NaN.
     ``denominator`` overrides it: a distributed run divides each rank's sums by the global count,
-    so the summed gradients equal one process's over the whole batch.
+    so the summed gradients equal one process's over the whole batch. ``smoothing`` (label
+    smoothing) mixes each token's NLL with its cross-entropy against the uniform distribution over
+    the outputs not masked at that step.
     """
     nll = -logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)          # [Nt, L]
+    if smoothing > 0:
+        # label smoothing against the uniform distribution over what this step could output: a
+        # padded unit's logit is NEG, so it is left out, not counted as a -1e9 log-probability
+        ok = logp > NEG_LOGP                                              # [Nt, L, V]
+        uniform = -(logp.masked_fill(~ok, 0.0)).sum(-1) / ok.sum(-1).clamp(min=1)   # [Nt, L]
+        nll = (1.0 - smoothing) * nll + smoothing * uniform
     nll = nll.masked_fill(~mask, 0.0)
     is_kw = targets < n_keywords
     kw = nll.masked_fill(~is_kw, 0.0).sum()

@@ -135,10 +135,6 @@ def build_encoder(cfg: TrainConfig):
                 else {"attention_probs_dropout_prob": cfg.bert_attention_dropout})
         bert, tok = load_bert(resolve_bert(cfg.bert), **over)
     enc = SchemaEncoder(bert, tok, layers=cfg.bert_layers)
-    if cfg.tune_top_layers and (cfg.fix_bert or cfg.grad_checkpointing):
-        raise ValueError(f"--tune_top_layers {cfg.tune_top_layers} cannot go with "
-                         f"{'--fix_bert' if cfg.fix_bert else '--grad_checkpointing'}: it freezes all but the "
-                         "top layers itself, and runs them outside BERT's own checkpointed loop")
     if cfg.fix_bert:
         enc.fix()
     elif cfg.tune_top_layers:
@@ -152,6 +148,7 @@ def build_encoder(cfg: TrainConfig):
 
 
 def build_model(cfg: TrainConfig, vocab: Vocab) -> Text2SQL:
+    cfg.check()
     torch.manual_seed(cfg.seed)
     enc = build_encoder(cfg)
     model = Text2SQL(enc, vocab, decoder_size=cfg.decoder_size, turn_size=cfg.turn_size,
@@ -159,12 +156,6 @@ def build_model(cfg: TrainConfig, vocab: Vocab) -> Text2SQL:
                      utterance_rnn=cfg.utterance_rnn, previous_utterances=cfg.previous_utterances,
                      joint_layers=cfg.joint_layers, previous_tables=cfg.previous_tables,
                      unit_types=cfg.unit_types, query_tables=cfg.query_tables)
-    if cfg.sample_previous and cfg.unbatched:
-        raise ValueError("--sample_previous is not implemented for --unbatched (the reference path reads "
-                         "gold previous queries only)")
-    if cfg.sample_chain and not cfg.sample_previous:
-        raise ValueError("--sample_chain needs --sample_previous P > 0 (it changes how the sampled "
-                         "previous queries are predicted)")
     model.sample_previous = cfg.sample_previous
     model.sample_chain = cfg.sample_chain
     if (cfg.fix_bert or cfg.tune_top_layers) and cfg.cache_dir:
@@ -337,6 +328,7 @@ class Trainer:
                     setattr(saved, k, new)
             saved.resume = resume_dir
             cfg = saved
+        cfg.check()                  # before anything is loaded or written
         self.dist, cfg.device = setup(cfg.device)
         self.log = log if self.dist.main else (lambda *a, **k: None)
         log = self.log
@@ -424,7 +416,7 @@ class Trainer:
             with autocast(cfg):
                 out = self.model.forward_unbatched(local) if cfg.unbatched else self.model(local)
             loss, kw, db = sequence_loss(out.logp.float(), out.targets, out.mask, K, cfg.loss_weighting,
-                                         len(batch), denominator=denom)
+                                         len(batch), denominator=denom, smoothing=cfg.label_smoothing)
             total = loss if out.relevance_loss is None else loss + out.relevance_loss / self.dist.world
             total.backward()
         else:   # a global batch smaller than the world leaves this rank idle: it adds zeros
