@@ -418,11 +418,25 @@ def test_evaluate_from_python_leaves_gradients_on(logdir, tmp_path):
     assert torch.is_grad_enabled()          # a caller that trains next still gets gradients
 
 
-def test_a_report_older_than_best_pt_is_stale_and_a_broken_one_a_problem(logdir, tmp_path, capsys):
+def test_a_report_of_an_older_best_is_stale_and_a_broken_one_a_problem(logdir, tmp_path, capsys):
     run = tmp_path / "mt3"
     shutil.copytree(logdir / "mt3", run)
-    for sub in ("greedy", "beam2", "gold"):
-        os.utime(run / sub / "eval_dev.json", (1_000_000, 1_000_000))    # written long before best.pt
+    # a report naming its checkpoint: stale when that is not the epoch best.pt now holds
+    rep = report_file(run, "greedy")
+    rep["decoding"]["checkpoint"]["epoch"] += 5
+    (run / "greedy" / "eval_dev.json").write_text(json.dumps(rep))
+    # reports from before evaluate named it: stale when older than best.pt
+    for sub in ("beam2", "gold"):
+        rep = report_file(run, sub)
+        del rep["decoding"]["checkpoint"]
+        (run / sub / "eval_dev.json").write_text(json.dumps(rep))
+        os.utime(run / sub / "eval_dev.json", (1_000_000, 1_000_000))
+    # a copied folder whose reports name their checkpoint is judged by epoch, not by file times
+    copied = tmp_path / "copied"
+    shutil.copytree(logdir / "mt3", copied)
+    os.utime(copied / "best.pt")                     # best.pt now newer than every report
+    assert main(["compare", str(copied), "--json"]) == 0
+    assert not any(d["stale"] for d in json.loads(capsys.readouterr().out)["runs"][0]["decoded"])
     (run / "extra").mkdir()
     (run / "extra" / "eval_dev.json").write_text('{"question_match": "high"}')
     assert main(["compare", str(run), "--json"]) == 0

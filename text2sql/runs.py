@@ -157,7 +157,8 @@ def load_run(path: str) -> Run:
             run.resumes.append({"after_epoch": int(r["after_epoch"]), "changed": dict(r["changed"])})
         except (ValueError, KeyError, TypeError):
             run.problems.append(f"corrupt: resumes.jsonl line {i}")
-    run.reports = read_reports(path, run.problems)
+    top = best(run.rows, run.split, "token_acc")          # best.pt is written at this epoch
+    run.reports = read_reports(path, run.problems, None if top is None else top[1])
     return run
 
 
@@ -198,11 +199,14 @@ class Report:
         return {**self.__dict__, "own": self.own, "described": self.describe()}
 
 
-def read_reports(path: str, problems: list) -> list[Report]:
+def read_reports(path: str, problems: list, best_epoch: int | None = None) -> list[Report]:
     """``evaluate``'s reports in the run folder and in its subfolders (``--out RUN/NAME``), by path.
 
-    A report older than the folder's ``best.pt`` is marked stale: training found a new best after
-    it was written, so its figures are of weights the run no longer has."""
+    A report of weights the run no longer has is marked stale: training found a new best after it
+    was written. A report names the checkpoint's epoch, which is compared with the epoch of the
+    best valid token accuracy (where ``best.pt`` was last written: ``best_epoch``); a copied
+    folder keeps that right, whatever its files' times. Older reports, which do not name it, are
+    stale when they are older than ``best.pt``."""
     try:
         best_mtime = os.path.getmtime(os.path.join(path, "best.pt"))
     except OSError:
@@ -226,10 +230,13 @@ def read_reports(path: str, problems: list) -> list[Report]:
         ckpt = dec.get("checkpoint") if isinstance(dec.get("checkpoint"), dict) else {}
         epoch = ckpt.get("epoch") if isinstance(ckpt.get("epoch"), int) else None
         members = dec.get("ensemble")
-        try:
-            stale = best_mtime is not None and best_mtime > os.path.getmtime(full)
-        except OSError:
-            stale = False
+        if epoch is not None and best_epoch is not None:
+            stale = epoch != best_epoch
+        else:
+            try:
+                stale = best_mtime is not None and best_mtime > os.path.getmtime(full)
+            except OSError:
+                stale = False
         out.append(Report(path=rel, question_match=float(qm), interaction_match=float(im),
                           beam=dec.get("beam") if isinstance(dec.get("beam"), int) else None,
                           gold_previous=bool(dec.get("use_gold_previous")),
