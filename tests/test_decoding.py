@@ -90,6 +90,43 @@ def test_beam_of_one_is_greedy_and_beam_scores_no_worse(trained):
     assert (score(b) >= score(g) - 1e-4).all()
 
 
+class _ScriptedSearch:
+    """A stand-in decoder for beam search: each row's next-token probabilities depend on its prefix
+    alone (tokens: 0 go, 1 end, 2 a, 3 b)."""
+    NEXT = {(): {1: 0.5, 2: 0.5}, (2,): {3: 0.9, 1: 0.1}, (2, 3): {1: 0.95, 2: 0.05}}
+
+    def __init__(self, turns):
+        self.turns, self.device = turns, torch.device("cpu")
+
+    def start(self, owner):
+        return [() for _ in range(len(owner))]
+
+    def step(self, carry, tok):
+        probs = torch.full((len(carry), 4), 1e-12)
+        for i, prefix in enumerate(carry):
+            for t, p in self.NEXT.get(prefix, {1: 1.0}).items():
+                probs[i, t] = p
+        return carry, probs.log()
+
+    def choose(self, carry, idx, tok):
+        rows = range(len(carry)) if idx is None else idx.tolist()
+        return [carry[r] + (t,) for r, t in zip(rows, tok.tolist())]
+
+
+def test_length_penalty_lets_a_longer_query_beat_a_shorter_one(monkeypatch):
+    from types import SimpleNamespace
+    from text2sql import decoding
+    monkeypatch.setattr(decoding, "_stepper", lambda decoder, turn_state, mem: _ScriptedSearch(2))
+    vocab = SimpleNamespace(go=0, eos=1)
+    # ending at once: log 0.5 = -0.69; "a b": log 0.5 + log 0.9 + log 0.95 = -0.85, but over
+    # ((5 + 3) / 6) ** 1 it is -0.64 against the short one's -0.69 / 1
+    assert decoding.beam_search(None, None, None, vocab, None, beam=3) == [[], []]
+    assert decoding.beam_search(None, None, None, vocab, None, beam=3, length_penalty=1.0) == [[2, 3], [2, 3]]
+    assert decoding.length_norm(3, 1.0) == 8 / 6 and decoding.length_norm(7, 0.0) == 1.0
+    # a weak penalty does not overturn the sum: -0.85 / (8 / 6) ** 0.1 = -0.83 < -0.69
+    assert decoding.beam_search(None, None, None, vocab, None, beam=3, length_penalty=0.1) == [[], []]
+
+
 def test_constrained_output_is_well_formed_even_untrained(concert_data, tmp_path):
     tr = Trainer(cfg_for(concert_data, tmp_path), log=quiet, progress=False)
     model = tr.model.eval()

@@ -50,13 +50,15 @@ class Conversation:
     trained with ``--fix_bert`` or fine-tuned (otherwise question n re-encodes all n turns). Earlier
     turns are not decoded again either."""
 
-    def __init__(self, model, schema: Schema, beam: int = 1, constrained: bool = True, ensemble=()):
+    def __init__(self, model, schema: Schema, beam: int = 1, constrained: bool = True, ensemble=(),
+                 length_penalty: float = 0.0):
         from .train import table_units
         self.model = model.eval()
         self.ensemble = [m.eval() for m in ensemble]
         for m in [self.model, *self.ensemble]:
             m.encoder.fix()
         self.schema, self.beam, self.constrained = schema, beam, constrained
+        self.length_penalty = length_penalty
         self.tables = table_units(schema)
         self.kinds = schema.unit_kinds()
         self.reset()
@@ -76,7 +78,8 @@ class Conversation:
                      unit_tables=self.schema.unit_table, unit_kinds=self.kinds)
         # predict runs without gradients itself
         self.done = self.model.predict([ex], beam=self.beam, constrained=self.constrained,
-                                       known=[self.done], ensemble=self.ensemble)[0]
+                                       known=[self.done], ensemble=self.ensemble,
+                                       length_penalty=self.length_penalty)[0]
         return self.done[-1]
 
 
@@ -103,7 +106,7 @@ def run(args) -> int:
     schema = load_schema(args)
     model, cfg, vocab = load_run(args.run, device=args.device)
     talk = Conversation(model, schema, beam=args.beam, constrained=not args.no_constraints,
-                        ensemble=load_ensemble(args, cfg, vocab))
+                        ensemble=load_ensemble(args, cfg, vocab), length_penalty=args.length_penalty)
     stream = open(args.input, encoding="utf-8") if args.input else sys.stdin
     for line in stream:
         question = line.strip()
@@ -134,6 +137,9 @@ def run(args) -> int:
     return 0
 
 
+LENGTH_PENALTY_HELP = ("with --beam: rank finished queries by their log-probability over ((5 + length) / 6) "
+                       "** ALPHA (GNMT's), so that a longer query is not lost for having more factors "
+                       "(default: 0, the plain sum)")
 ENSEMBLE_HELP = ("more run folders trained like --run (same data, same target style): each decoding "
                  "step uses the mean of all the models' distributions")
 
@@ -146,6 +152,7 @@ def add_predict_command(sub):
     p.add_argument("--db_id", help="which schema of --tables (or a name for --db)")
     p.add_argument("--input", help="a file of questions (default: standard input)")
     p.add_argument("--beam", type=int, default=1, help="beam size (1: greedy)")
+    p.add_argument("--length_penalty", type=float, default=0.0, metavar="ALPHA", help=LENGTH_PENALTY_HELP)
     p.add_argument("--no_constraints", action="store_true", help="turn grammar-constrained decoding off")
     p.add_argument("--ensemble", nargs="+", metavar="RUN", help=ENSEMBLE_HELP)
     p.add_argument("--execute", action="store_true", help="run each query read-only and print rows")
@@ -191,7 +198,8 @@ def _evaluate_run(args) -> dict:
     preds = []
     for i in range(0, len(examples), args.batch_size):
         preds += model.predict(examples[i:i + args.batch_size], use_gold_previous=args.use_gold_previous,
-                               beam=args.beam, constrained=not args.no_constraints, ensemble=ensemble)
+                               beam=args.beam, constrained=not args.no_constraints, ensemble=ensemble,
+                               length_penalty=args.length_penalty)
     out_dir = args.out or args.run
     os.makedirs(out_dir, exist_ok=True)     # --out may name a folder that does not exist yet
     gold_path = os.path.join(out_dir, f"gold_{args.split}.txt")
@@ -223,7 +231,8 @@ def _evaluate_run(args) -> dict:
     report = evaluate_files(gold_path, pred_path, tables_path(data, cfg.tables),
                             db_dir if os.path.isdir(db_dir) else None)
     report["teacher_forced"] = tf
-    report["decoding"] = {"beam": args.beam, "constrained": not args.no_constraints,
+    report["decoding"] = {"beam": args.beam, "length_penalty": args.length_penalty,
+                          "constrained": not args.no_constraints,
                           "use_gold_previous": args.use_gold_previous, "split": args.split,
                           "ensemble": [args.run, *args.ensemble] if args.ensemble else None,
                           "checkpoint": model.checkpoint,
@@ -285,6 +294,7 @@ def add_evaluate_command(sub):
     p.add_argument("--split", default="dev", choices=["dev", "train"],
                    help="dev: what the run validates on; train: its training data")
     p.add_argument("--beam", type=int, default=1)
+    p.add_argument("--length_penalty", type=float, default=0.0, metavar="ALPHA", help=LENGTH_PENALTY_HELP)
     p.add_argument("--no_constraints", action="store_true")
     p.add_argument("--use_gold_previous", action="store_true",
                    help="feed each turn the gold previous query instead of the predicted one")

@@ -565,14 +565,15 @@ class Text2SQL(nn.Module):
     def predict(self, examples: list[Example], use_gold_previous: bool = False,
                 max_len: int = 100, beam: int = 1, constrained: bool = False,
                 known: list[list[list[int]]] | None = None,
-                ensemble: list["Text2SQL"] = ()) -> list[list[list[int]]]:
+                ensemble: list["Text2SQL"] = (), length_penalty: float = 0.0) -> list[list[list[int]]]:
         """Decoding, turn by turn: each turn sees the previous turn's *prediction* (or, with
         ``use_gold_previous``, the gold one). Greedy or beam search (``beam`` > 1), batched over the
         interactions either way; ``constrained`` keeps every prefix well-formed SQL. ``known`` holds
         predictions already made for the first turns of each interaction (a conversation in
         progress): those turns are not decoded again. ``ensemble``: other models on the same
         vocabulary; each step then decodes from the mean of all the models' distributions, and
-        every model reads the ensemble's previous prediction.
+        every model reads the ensemble's previous prediction. ``length_penalty``: beam search ranks
+        finished queries by GNMT's length-normalised score (``decoding.beam_search``).
         Returns per interaction, per turn, joint ids without the end token."""
         from .decoding import Grammar, beam_search, greedy
         models = [self, *ensemble]
@@ -599,7 +600,8 @@ class Text2SQL(nn.Module):
                     for m, c in zip(models, ctxs)]
             if grammar is not None:
                 grammar.tables = [tables[i] for i in live]
-            search = greedy if beam <= 1 else functools.partial(beam_search, beam=beam)
+            search = greedy if beam <= 1 else functools.partial(beam_search, beam=beam,
+                                                                length_penalty=length_penalty)
             seqs = search([m.decoder for m in models], [c["state"][rows] for c in ctxs], mems,
                           self.vocab, grammar, max_len=max_len)
             for k, i in enumerate(live):

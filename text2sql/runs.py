@@ -169,6 +169,7 @@ class Report:
     question_match: float
     interaction_match: float
     beam: int | None
+    length_penalty: float          # beam search's alpha (0: the plain sum of log-probabilities)
     gold_previous: bool            # each turn read the gold previous query, not its own prediction
     split: str
     ensemble: int                  # models averaged (1: the run alone)
@@ -183,6 +184,8 @@ class Report:
 
     def describe(self) -> str:
         parts = ["greedy" if (self.beam or 1) <= 1 else f"beam {self.beam}"]
+        if self.length_penalty and (self.beam or 1) > 1:
+            parts.append(f"length penalty {self.length_penalty:g}")
         if self.gold_previous:
             parts.append("gold previous")
         if self.ensemble > 1:
@@ -239,6 +242,7 @@ def read_reports(path: str, problems: list, best_epoch: int | None = None) -> li
                 stale = False
         out.append(Report(path=rel, question_match=float(qm), interaction_match=float(im),
                           beam=dec.get("beam") if isinstance(dec.get("beam"), int) else None,
+                          length_penalty=float(dec["length_penalty"]) if _finite(dec.get("length_penalty")) else 0.0,
                           gold_previous=bool(dec.get("use_gold_previous")),
                           split=str(dec.get("split") or "dev"),
                           ensemble=len(members) if isinstance(members, list) and members else 1,
