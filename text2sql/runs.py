@@ -273,11 +273,7 @@ def resumed_with(run: Run) -> str:
 
 
 def looks_like_run(path: str) -> bool:
-    try:
-        names = os.listdir(path)
-    except OSError:
-        return False
-    return any(n in RUN_FILES or EVENTS.match(n) for n in names)
+    return any(n in RUN_FILES or EVENTS.match(n) for n in _listdir(path))
 
 
 def find_runs(logdir: str) -> list[Run]:
@@ -397,6 +393,7 @@ def summary(run: Run, diff_keys: list[str]) -> dict:
     """One run as plain data: what the tables print and what ``--json`` dumps."""
     split = run.split
     cfg = run.config or {}
+    top = best_report(run)
     return {
         "name": run.name, "path": run.path, "started": run.started, "note": run.note,
         "epochs_done": epochs_done(run), "epochs": cfg.get("epochs"), "split": split,
@@ -405,7 +402,7 @@ def summary(run: Run, diff_keys: list[str]) -> dict:
         "config": {k: cfg.get(k, "-") for k in diff_keys} if run.config is not None else None,
         "resumed_with": resumed_with(run),
         "decoded": [r.as_dict() for r in run.reports],
-        "best_decoded": None if best_report(run) is None else best_report(run).as_dict(),
+        "best_decoded": None if top is None else top.as_dict(),
         "status": lifecycle(run), "problems": list(run.problems),
     }
 
