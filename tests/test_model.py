@@ -522,6 +522,77 @@ def test_resume_equals_uninterrupted_run(concert_data, tmp_path):
     assert strip(la) == strip(lb)
 
 
+def test_weight_average_follows_its_formula_and_leaves_frozen_weights_out():
+    from text2sql.train import WeightAverage
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+    net[1].weight.requires_grad_(False)
+    avg = WeightAverage(net, decay=0.9)
+    assert "1.weight" not in avg.names and len(avg.shadow) == 3
+    expect = net[0].weight.detach().clone()
+    for n in range(1, 31):
+        with torch.no_grad():
+            for p in net.parameters():
+                p.add_(torch.randn_like(p))
+        avg.update()
+        d = min(0.9, (1 + n) / (10 + n))          # the warm-up keeps early averages near the weights
+        expect = d * expect + (1 - d) * net[0].weight.detach()
+    assert torch.allclose(avg.shadow[0], expect, atol=1e-6)
+    assert not torch.allclose(avg.shadow[0], net[0].weight)
+    raw = [p.detach().clone() for p in net.parameters()]
+    with pytest.raises(KeyError):
+        with avg.swapped_in():
+            assert torch.equal(net[0].weight, avg.shadow[0]) and torch.equal(net[1].weight, raw[2])
+            raise KeyError("the weights come back even when the block fails")
+    assert all(torch.equal(p, r) for p, r in zip(net.parameters(), raw))
+
+
+def test_ema_validates_decodes_and_checkpoints_the_average_and_logs_the_raw_weights(concert_data, tmp_path):
+    from text2sql.train import load_run
+    tr = Trainer(cfg_for(concert_data, tmp_path, epochs=3, ema=0.9), log=quiet, progress=False).run()
+    rows = [json.loads(l) for l in open(os.path.join(tr.run_dir, "metrics.jsonl"))]
+    assert [r["epoch"] for r in rows if r["split"] == "valid"] == [1, 2, 3]
+    assert [r["epoch"] for r in rows if r["split"] == "valid_raw"] == [1, 2, 3]
+    averaged, _, _ = load_run(tr.run_dir, which="last.pt")
+    raw, _, _ = load_run(tr.run_dir, which="last.pt", raw=True)
+    assert (averaged.checkpoint["weights"], raw.checkpoint["weights"]) == ("averaged", "raw")
+    names = dict(tr.model.named_parameters())
+    for n, s in zip(tr.average.names, tr.average.shadow):
+        assert torch.equal(dict(averaged.named_parameters())[n], s), n
+        assert torch.equal(dict(raw.named_parameters())[n], names[n]), n
+    assert any(not torch.equal(s, names[n]) for n, s in zip(tr.average.names, tr.average.shadow))
+    # the logged figures are of those weights: valid of the average, valid_raw of the raw ones
+    last = {r["split"]: r for r in rows if r["epoch"] == 3}
+    for model, split in ((averaged, "valid"), (raw, "valid_raw")):
+        got = evaluate(model, tr.valid_ex, tr.cfg)
+        assert got["loss"] == pytest.approx(last[split]["loss"], rel=1e-5), split
+        assert got["token_acc"] == pytest.approx(last[split]["token_acc"]), split
+    assert last["valid"]["loss"] != last["valid_raw"]["loss"]
+    # best.pt is chosen by the average's figures
+    best_epoch = max((r for r in rows if r["split"] == "valid"), key=lambda r: (r["token_acc"], -r["epoch"]))["epoch"]
+    assert load_run(tr.run_dir)[0].checkpoint["epoch"] == best_epoch
+
+
+def test_ema_resumes_exactly_and_can_be_switched_on_at_a_resume(concert_data, tmp_path):
+    from text2sql.train import load_run
+    full = Trainer(cfg_for(concert_data, tmp_path / "a", epochs=3, shuffle=True, ema=0.9),
+                   log=quiet, progress=False).run()
+    half = Trainer(cfg_for(concert_data, tmp_path / "b", epochs=1, shuffle=True, ema=0.9),
+                   log=quiet, progress=False).run()
+    resumed = Trainer(TrainConfig(resume=half.run_dir, epochs=3), log=quiet, progress=False).run()
+    assert resumed.average.updates == full.average.updates
+    for a, b in zip(full.average.shadow, resumed.average.shadow):
+        assert torch.equal(a, b)
+    # a run trained without it: the average starts at the resume, and the old best no longer counts
+    plain = Trainer(cfg_for(concert_data, tmp_path / "c", epochs=1), log=quiet, progress=False).run()
+    on = Trainer(_train_args(["--resume", plain.run_dir, "--epochs", "2", "--ema", "0.9"]), log=quiet,
+                 progress=False)
+    assert on.average is not None and on.average.updates == 0 and on.best == -1.0
+    on.run()
+    assert load_run(plain.run_dir, which="last.pt")[0].checkpoint["weights"] == "averaged"
+    rows = [json.loads(l) for l in open(os.path.join(plain.run_dir, "resumes.jsonl"))]
+    assert rows[-1]["changed"]["ema"] == [0.0, 0.9]
+
+
 def _train_args(argv):
     import argparse
     from text2sql.config import add_train_command, config_from_args
@@ -596,6 +667,7 @@ def test_cli_flags_that_cannot_go_together_are_one_line_before_anything_is_writt
     from text2sql.__main__ import main
     cases = ((["--sample_chain"], "--sample_chain needs --sample_previous"),
              (["--label_smoothing", "1.5"], "--label_smoothing must be in [0, 1)"),
+             (["--ema", "1"], "--ema must be in [0, 1)"),
              (["--tune_top_layers", "1", "--fix_bert"], "--tune_top_layers 1 cannot go with --fix_bert"),
              (["--sample_previous", "0.5", "--unbatched"], "--sample_previous is not implemented for --unbatched"))
     for i, (flags, message) in enumerate(cases):

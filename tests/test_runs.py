@@ -444,3 +444,23 @@ def test_a_report_of_an_older_best_is_stale_and_a_broken_one_a_problem(logdir, t
     assert all(d["stale"] and "stale: best.pt is newer" in d["described"] for d in s["decoded"])
     assert s["best_decoded"] is None                     # no current figure to judge
     assert "corrupt: extra/eval_dev.json: no question and interaction match" in s["problems"]
+
+
+def test_an_ema_runs_own_figure_is_its_averaged_weights_and_raw_ones_are_an_ablation(tmp_path, capsys):
+    from text2sql import train
+    run = tmp_path / "ema"
+    train.Trainer(base_cfg(run, ema=0.9, epochs=3), log=quiet, progress=False).run()
+    assert {r["split"] for r in metrics_rows(run)} == {"train", "valid", "valid_raw"}
+    for out, flags in (("avg", []), ("raw", ["--raw_weights"])):
+        assert main(["evaluate", "--run", str(run), "--out", str(run / out), *flags]) == 0
+    capsys.readouterr()
+    assert report_file(run, "avg")["decoding"]["checkpoint"]["weights"] == "averaged"
+    assert report_file(run, "raw")["decoding"]["checkpoint"]["weights"] == "raw"
+    assert main(["compare", str(run), "--json"]) == 0
+    s = json.loads(capsys.readouterr().out)["runs"][0]
+    decoded = {d["path"]: d for d in s["decoded"]}
+    assert decoded["raw/eval_dev.json"]["raw_weights"] and not decoded["raw/eval_dev.json"]["own"]
+    assert "raw weights" in decoded["raw/eval_dev.json"]["described"]
+    assert decoded["avg/eval_dev.json"]["own"] and s["best_decoded"]["path"] == "avg/eval_dev.json"
+    # the run's best valid figures are the average's, not the raw weights' row
+    assert s["best"]["token_acc"] == dict(zip(("value", "epoch"), expected_best(metrics_rows(run), "token_acc")))

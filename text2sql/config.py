@@ -20,7 +20,7 @@ def _f(default, help, **kw):
 # what a resumed run may change: how long and where it runs, how it computes the same thing, and
 # its learning rates (a decay by hand, as EditSQL's runs decay theirs on a plateau); the model and
 # the data stay the saved run's. Each change is recorded in the run's resumes.jsonl.
-RESUME_MAY_CHANGE = ("epochs", "device", "amp", "max_steps", "grad_checkpointing", "lr", "lr_bert")
+RESUME_MAY_CHANGE = ("epochs", "device", "amp", "max_steps", "grad_checkpointing", "lr", "lr_bert", "ema")
 
 
 @dataclass
@@ -101,6 +101,10 @@ class TrainConfig:
     label_smoothing: float = _f(0.0, "in training, this share of each token's loss is spread evenly over every "
                                       "output the step can choose (keywords and the schema's units; never padding); "
                                       "validation losses stay plain NLL")
+    ema: float = _f(0.0, "keep an exponential moving average of the trained weights with this decay (e.g. "
+                         "0.999; 0: off) and validate, pick best.pt and decode with it; the decay is "
+                         "min(EMA, (1 + n) / (10 + n)) after n updates, so early averages forget fast. "
+                         "Each validation also logs the raw weights' figures (split valid_raw)")
     shuffle: bool = _f(False, "shuffle interactions every epoch (seeded)")
     sort_by_turns: bool = _f(False, "batch interactions of similar length together")
     skip_nonfinite: bool = _f(False, "skip and count steps with a non-finite loss or gradient instead of stopping")
@@ -136,6 +140,8 @@ class TrainConfig:
         if self.sample_chain and not self.sample_previous:
             raise ConfigError("--sample_chain needs --sample_previous P > 0 (it changes how the sampled "
                               "previous queries are predicted)")
+        if not 0.0 <= self.ema < 1.0:
+            raise ConfigError(f"--ema must be in [0, 1), not {self.ema}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ConfigError(f"--label_smoothing must be in [0, 1), not {self.label_smoothing}")
 

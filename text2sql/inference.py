@@ -89,7 +89,7 @@ def load_ensemble(args, cfg, vocab) -> list:
     from .train import load_run
     out = []
     for path in args.ensemble or []:
-        m, c, _ = load_run(path, device=args.device)
+        m, c, _ = load_run(path, device=args.device, raw=args.raw_weights)
         if c.remove_from != cfg.remove_from or c.values != cfg.values:
             raise DataError(f"--ensemble: {path} writes other targets than {args.run} (remove_from, "
                             "values differ)")
@@ -104,7 +104,7 @@ def run(args) -> int:
     from .decoding import ids_to_sql
     from .train import load_run
     schema = load_schema(args)
-    model, cfg, vocab = load_run(args.run, device=args.device)
+    model, cfg, vocab = load_run(args.run, device=args.device, raw=args.raw_weights)
     talk = Conversation(model, schema, beam=args.beam, constrained=not args.no_constraints,
                         ensemble=load_ensemble(args, cfg, vocab), length_penalty=args.length_penalty)
     stream = open(args.input, encoding="utf-8") if args.input else sys.stdin
@@ -140,6 +140,8 @@ def run(args) -> int:
 LENGTH_PENALTY_HELP = ("with --beam: rank finished queries by their log-probability over ((5 + length) / 6) "
                        "** ALPHA (GNMT's), so that a longer query is not lost for having more factors "
                        "(default: 0, the plain sum)")
+RAW_WEIGHTS_HELP = ("for runs trained with --ema: the optimiser's own weights instead of their moving "
+                    "average (the default, which the run validated with); for --ensemble runs too")
 ENSEMBLE_HELP = ("more run folders trained like --run (same data, same target style): each decoding "
                  "step uses the mean of all the models' distributions")
 
@@ -155,6 +157,7 @@ def add_predict_command(sub):
     p.add_argument("--length_penalty", type=float, default=0.0, metavar="ALPHA", help=LENGTH_PENALTY_HELP)
     p.add_argument("--no_constraints", action="store_true", help="turn grammar-constrained decoding off")
     p.add_argument("--ensemble", nargs="+", metavar="RUN", help=ENSEMBLE_HELP)
+    p.add_argument("--raw_weights", action="store_true", help=RAW_WEIGHTS_HELP)
     p.add_argument("--execute", action="store_true", help="run each query read-only and print rows")
     p.add_argument("--max_rows", type=int, default=5, help="rows printed with --execute")
     p.add_argument("--device", default="cpu")
@@ -189,7 +192,7 @@ def _evaluate_run(args) -> dict:
     from .decoding import ids_to_sql
     from .evaluation import evaluate_files, exact_match, write_gold, write_predictions
     from .train import evaluate as teacher_forced, load_run, make_examples
-    model, cfg, vocab = load_run(args.run, device=args.device)
+    model, cfg, vocab = load_run(args.run, device=args.device, raw=args.raw_weights)
     model.eval()
     ensemble = load_ensemble(args, cfg, vocab)
     items, schemas, targets = _split_interactions(cfg, args.data, args.split)
@@ -300,6 +303,7 @@ def add_evaluate_command(sub):
                    help="feed each turn the gold previous query instead of the predicted one")
     p.add_argument("--ensemble", nargs="+", metavar="RUN", help=ENSEMBLE_HELP + " (the teacher-forced "
                    "figures too)")
+    p.add_argument("--raw_weights", action="store_true", help=RAW_WEIGHTS_HELP)
     p.add_argument("--batch_size", type=int, default=16)
     p.add_argument("--out", help="where predictions and the report go (default: the run folder)")
     p.add_argument("--gold", help="official gold file: SQL<TAB>db_id lines, blank line between interactions")

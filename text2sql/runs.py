@@ -175,12 +175,14 @@ class Report:
     ensemble: int                  # models averaged (1: the run alone)
     epoch: int | None              # the checkpoint's epoch, where the report names it
     stale: bool                    # best.pt was rewritten after the report: it is of older weights
+    raw_weights: bool = False      # a run trained with --ema, decoded with its raw weights (an ablation)
 
     @property
     def own(self) -> bool:
         """The run's own figure as EditSQL reports its: alone, on its validation set, each turn
-        reading its own previous prediction."""
-        return self.ensemble == 1 and not self.gold_previous and self.split == "dev"
+        reading its own previous prediction, with the weights the run validated with."""
+        return (self.ensemble == 1 and not self.gold_previous and self.split == "dev"
+                and not self.raw_weights)
 
     def describe(self) -> str:
         parts = ["greedy" if (self.beam or 1) <= 1 else f"beam {self.beam}"]
@@ -188,6 +190,8 @@ class Report:
             parts.append(f"length penalty {self.length_penalty:g}")
         if self.gold_previous:
             parts.append("gold previous")
+        if self.raw_weights:
+            parts.append("raw weights")
         if self.ensemble > 1:
             parts.append(f"ensemble of {self.ensemble}")
         if self.split != "dev":
@@ -246,7 +250,7 @@ def read_reports(path: str, problems: list, best_epoch: int | None = None) -> li
                           gold_previous=bool(dec.get("use_gold_previous")),
                           split=str(dec.get("split") or "dev"),
                           ensemble=len(members) if isinstance(members, list) and members else 1,
-                          epoch=epoch, stale=stale))
+                          epoch=epoch, stale=stale, raw_weights=ckpt.get("weights") == "raw"))
     return out
 
 

@@ -15,6 +15,7 @@ import random
 import socket
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import asdict
 
 import numpy as np
@@ -213,6 +214,57 @@ def grad_norm_tensor(model: Text2SQL) -> torch.Tensor:
     return torch.stack(out)
 
 
+class WeightAverage:
+    """An exponential moving average of the trainable weights (``--ema``; Polyak averaging).
+
+    The optimiser keeps training the raw weights; validation, ``best.pt``'s choice and decoding
+    read the average, which smooths the step-to-step noise of the last epochs (the noise that makes
+    ensembles of checkpoints gain). Frozen weights never change, so only trainable ones are kept.
+    The decay is ``min(decay, (1 + n) / (10 + n))`` after n updates: early on the average follows
+    the weights closely, instead of being dragged back to the random initialisation."""
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        self.names = [n for n, _ in named]
+        self.params = [p for _, p in named]
+        self.shadow = [p.detach().clone() for p in self.params]
+        self.decay, self.updates = decay, 0
+
+    @torch.no_grad()
+    def update(self):
+        self.updates += 1
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        torch._foreach_lerp_(self.shadow, [p.detach() for p in self.params], 1.0 - d)
+
+    @contextmanager
+    def swapped_in(self):
+        """The model holds the averaged weights inside the block, its own again after it."""
+        with torch.no_grad():
+            raw = [p.detach().clone() for p in self.params]
+            for p, s in zip(self.params, self.shadow):
+                p.copy_(s)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for p, r in zip(self.params, raw):
+                    p.copy_(r)
+
+    def state_dict(self) -> dict:
+        return {"decay": self.decay, "updates": self.updates,
+                "weights": {n: s for n, s in zip(self.names, self.shadow)}}
+
+    def load_state_dict(self, sd: dict):
+        missing = [n for n in self.names if n not in sd["weights"]]
+        if missing:
+            raise DataError(f"the checkpoint's weight average lacks {len(missing)} trainable weights "
+                            f"(first: {missing[0]})")
+        with torch.no_grad():
+            for n, s in zip(self.names, self.shadow):
+                s.copy_(sd["weights"][n])
+        self.updates = int(sd.get("updates", 0))
+
+
 # ------------------------------------------------------------------------------------------
 # checkpoints
 # ------------------------------------------------------------------------------------------
@@ -232,18 +284,32 @@ def set_rng_state(s):
     torch.set_rng_state(s["torch"])
 
 
-def load_run(run_dir: str, device: str = "cpu", which: str = "best.pt"):
+def load_run(run_dir: str, device: str = "cpu", which: str = "best.pt", raw: bool = False):
     """A trained model (in eval mode) and its config from a run folder (for evaluation and
-    prediction)."""
+    prediction). A run trained with ``--ema`` gives its averaged weights, the ones it validated
+    with, unless ``raw``."""
     cfg = TrainConfig.load(run_dir)
     cfg.device = device
     vocab = Vocab.load(os.path.join(run_dir, "vocab.json"))
     model = build_model(cfg, vocab)
-    ckpt = torch.load(os.path.join(run_dir, which), map_location=device, weights_only=False)
+    path = os.path.join(run_dir, which)
+    ckpt = torch.load(path, map_location=device, weights_only=False)
     model.load_state_dict(ckpt["model"])
+    averaged = "ema" in ckpt and not raw
+    if averaged:
+        avg = WeightAverage(model, ckpt["ema"]["decay"])
+        try:
+            avg.load_state_dict(ckpt["ema"])
+        except DataError as e:
+            raise DataError(f"{path}: {e}") from None
+        with torch.no_grad():
+            for p, s in zip(avg.params, avg.shadow):
+                p.copy_(s)
     # which weights these are: an evaluation report names them, so that a report written before
     # the run trained on (and found a new best) can be told apart from a current one
-    model.checkpoint = {"file": which, "epoch": ckpt.get("epoch"), "step": ckpt.get("step")}
+    model.checkpoint = {"file": which, "epoch": ckpt.get("epoch"), "step": ckpt.get("step"),
+                        # None for a run without --ema: it has one set of weights
+                        "weights": "averaged" if averaged else ("raw" if "ema" in ckpt else None)}
     return model.eval(), cfg, vocab
 
 
@@ -297,6 +363,11 @@ def new_run_dir(cfg: TrainConfig) -> str:
         path = f"{base}_{k}"
     os.makedirs(path)
     return path
+
+
+@contextmanager
+def _nothing():
+    yield
 
 
 class _NoWriter:
@@ -360,9 +431,14 @@ class Trainer:
         self.opt, self.sched = make_optimizer(self.model, cfg)
         self.epoch, self.step, self.best, self.skipped = 0, 0, -1.0, 0
         self.elapsed = 0.0
+        self.average = None
         if resume_dir:
             ck = torch.load(os.path.join(resume_dir, "last.pt"), map_location=cfg.device, weights_only=False)
             self.model.load_state_dict(ck["model"])
+            if cfg.ema:
+                self.average = WeightAverage(self.model, cfg.ema)
+                if "ema" in ck:       # else it was switched on at this resume: it starts here
+                    self.average.load_state_dict(ck["ema"])
             self.opt.load_state_dict(ck["optimizer"])
             self.sched.load_state_dict(ck["scheduler"])
             self.epoch, self.step, self.best = ck["epoch"], ck["step"], ck["best"]
@@ -372,12 +448,18 @@ class Trainer:
             self.sched.base_lrs = [{"rest": cfg.lr, "bert": cfg.lr_bert}[g["name"]] for g in self.opt.param_groups]
             for g, base in zip(self.opt.param_groups, self.sched.base_lrs):
                 g["lr"] = base * self.sched.lr_lambdas[0](self.sched.last_epoch)
+            # the run's best figure so far came from the weights it validated then; after a switch
+            # between raw and averaged ones it says nothing about the new ones
+            if "ema" in changed:
+                self.best = -1.0
             log(f"resumed {resume_dir} after epoch {self.epoch} (step {self.step})"
                 + "".join(f"; {k} {a} -> {b}" for k, (a, b) in changed.items()))
             if changed and self.dist.main:
                 with open(os.path.join(resume_dir, "resumes.jsonl"), "a") as f:
                     f.write(json.dumps({"after_epoch": self.epoch, "step": self.step, "changed": changed}) + "\n")
                 cfg.save(resume_dir)
+        elif cfg.ema:
+            self.average = WeightAverage(self.model, cfg.ema)
         if self.dist.main:
             from tensorboardX import SummaryWriter
             self.writer = SummaryWriter(self.run_dir)
@@ -391,10 +473,19 @@ class Trainer:
 
     # ---- checkpoints -------------------------------------------------------------------------
     def checkpoint(self) -> dict:
-        return {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
-                "scheduler": self.sched.state_dict(), "epoch": self.epoch, "step": self.step,
-                "best": self.best, "skipped": self.skipped, "elapsed": self.elapsed, "rng": rng_state(),
-                "config": asdict(self.cfg), "vocab": self.vocab.tokens}
+        """The raw weights (the optimiser's; resuming needs them) and, with ``--ema``, their
+        average, which ``load_run`` gives for decoding."""
+        ck = {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+              "scheduler": self.sched.state_dict(), "epoch": self.epoch, "step": self.step,
+              "best": self.best, "skipped": self.skipped, "elapsed": self.elapsed, "rng": rng_state(),
+              "config": asdict(self.cfg), "vocab": self.vocab.tokens}
+        if self.average is not None:
+            ck["ema"] = self.average.state_dict()
+        return ck
+
+    def validated(self):
+        """The weights validation and decoding read: the average with ``--ema``, else the model's."""
+        return self.average.swapped_in() if self.average is not None else _nothing()
 
     # ---- one step ----------------------------------------------------------------------------
     def train_step(self, batch: list[Example], meter: Meter) -> float:
@@ -449,6 +540,8 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_([p for p in self.rest if p.grad is not None], cfg.clip, foreach=True)
         self.opt.step()
         self.sched.step()
+        if self.average is not None:
+            self.average.update()
         self.step += 1
         if out is not None:
             meter.add(out.logp.detach(), out.targets, out.mask, None)
@@ -520,17 +613,23 @@ class Trainer:
         last = self.epoch == cfg.epochs or self.out_of_steps()
         if self.epoch % cfg.eval_every == 0 or last:
             t0 = time.time()
-            tr = evaluate(self.model, self.train_eval_ex, cfg)
-            self.record("train", {**tr, "train_loss": train_loss})
-            line += f" | train tok {tr['token_acc']:.2f} str {tr['string_acc']:.2f}"
-            if self.valid_ex:
-                va = evaluate(self.model, self.valid_ex, cfg)
-                self.record("valid", va)
-                line += (f" | valid loss {va['loss']:.4f} tok {va['token_acc']:.2f} str "
-                         f"{va['string_acc']:.2f} kw {va['keyword_acc']:.2f} db {va['db_acc']:.2f}")
-                score = va["token_acc"]
-            else:
-                score = tr["token_acc"]
+            if self.valid_ex and self.average is not None:
+                # the raw weights too, so that one run measures what the average adds
+                raw = evaluate(self.model, self.valid_ex, cfg)
+                self.record("valid_raw", raw)
+                line += f" | raw valid tok {raw['token_acc']:.2f} str {raw['string_acc']:.2f}"
+            with self.validated():
+                tr = evaluate(self.model, self.train_eval_ex, cfg)
+                self.record("train", {**tr, "train_loss": train_loss})
+                line += f" | train tok {tr['token_acc']:.2f} str {tr['string_acc']:.2f}"
+                if self.valid_ex:
+                    va = evaluate(self.model, self.valid_ex, cfg)
+                    self.record("valid", va)
+                    line += (f" | valid loss {va['loss']:.4f} tok {va['token_acc']:.2f} str "
+                             f"{va['string_acc']:.2f} kw {va['keyword_acc']:.2f} db {va['db_acc']:.2f}")
+                    score = va["token_acc"]
+                else:
+                    score = tr["token_acc"]
             self.elapsed += time.time() - t0
             if score > self.best:
                 self.best = score
