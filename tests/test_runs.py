@@ -464,3 +464,18 @@ def test_an_ema_runs_own_figure_is_its_averaged_weights_and_raw_ones_are_an_abla
     assert decoded["avg/eval_dev.json"]["own"] and s["best_decoded"]["path"] == "avg/eval_dev.json"
     # the run's best valid figures are the average's, not the raw weights' row
     assert s["best"]["token_acc"] == dict(zip(("value", "epoch"), expected_best(metrics_rows(run), "token_acc")))
+    # compare's plot draws the raw weights' curve dashed beside the average's
+    import matplotlib.axes
+    drawn = []
+    real_plot = matplotlib.axes.Axes.plot
+
+    def spy(self, *args, **kw):
+        drawn.append((list(args[1]) if len(args) > 1 else None, kw.get("label", ""), kw.get("linestyle")))
+        return real_plot(self, *args, **kw)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(matplotlib.axes.Axes, "plot", spy)
+        assert main(["compare", str(run), "--plot", str(tmp_path / "ema.png")]) == 0
+    raw_rows = [r for r in metrics_rows(run) if r["split"] == "valid_raw"]
+    dashed = [(ys, label) for ys, label, style in drawn if "raw weights" in label]
+    assert [ys for ys, _ in dashed] == [[r["token_acc"] for r in raw_rows], [r["string_acc"] for r in raw_rows]]
+    assert all(style == "--" for _, label, style in drawn if "raw weights" in label)

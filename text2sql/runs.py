@@ -611,7 +611,8 @@ def compare_table(summaries: list[dict], diff_keys: list[str], ref: Reference) -
 # the plot
 # ------------------------------------------------------------------------------------------
 def plot_compare(runs: list[Run], ref: Reference, out: str) -> str:
-    """Two panels, valid token and string accuracy per epoch, one line per run, EditSQL's line."""
+    """Two panels, valid token and string accuracy per epoch, one line per run (and a dashed one of
+    the raw weights for a run trained with ``--ema``), EditSQL's line."""
     import matplotlib
     matplotlib.use("Agg")                  # no display on a training machine
     import matplotlib.pyplot as plt
@@ -624,7 +625,11 @@ def plot_compare(runs: list[Run], ref: Reference, out: str) -> str:
         for r in runs:
             pts = curve(r.rows, r.split, key)
             label = r.name + (f" ({r.note})" if r.note else "") + ("" if r.split == "valid" else " [train]")
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", markersize=3.5, label=label)
+            line, = ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", markersize=3.5, label=label)
+            raw = curve(r.rows, "valid_raw", key) if r.split == "valid" else []
+            if raw:      # an --ema run: its raw weights dashed beside the average it validates with
+                ax.plot([p[0] for p in raw], [p[1] for p in raw], color=line.get_color(), linestyle="--",
+                        linewidth=1, label=f"{r.name}, raw weights (without --ema's average)")
         _draw_reference(ax, ref, key, xmax)
         ax.set_title(f"valid {LABELS[key]} accuracy (teacher-forced)")
         ax.set_xlabel("epoch")
