@@ -66,6 +66,13 @@ def test_grammar_allows_each_clause_once_per_select(concert_schema):
     # SELECT starts a query: first, after "(" or after a set operation, nowhere else
     assert not ok(["select", "singer.name"], "select") and not ok(w, "select")
     assert ok(w + ["intersect"], "select") and ok(w[:-1] + ["("], "select")
+    # a clause or set operation never follows a token that still wants its operand (a model wrote
+    # "select group_by friend.friend_id order_by ...": an empty SELECT list)
+    for prefix in (["select"], ["select", "singer.name", ","], w[:-1], w[:-3] + ["and"],
+                   ["select", "count", "("], ["select", "distinct"], w + ["intersect"]):
+        for clause in ("where", "group_by", "having", "order_by", "limit", "intersect", "union", "except"):
+            assert not ok(prefix, clause), (prefix, clause)
+    assert ok(w, "group_by") and ok(w, "intersect") and ok(["select", "singer.name"], "order_by")
     # what the reader refuses, the grammar never produces
     with pytest.raises(Exception, match="appears twice"):
         tokens_to_sql(w + ["where", "singer.age", "<", "value"], concert_schema)

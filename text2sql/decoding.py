@@ -1,7 +1,7 @@
 """Decoding: grammar-constrained greedy and beam search, and target tokens back to SQL.
 
 The constraint keeps a prefix well-formed, token by token: the query starts with ``select``,
-parentheses balance, ``)`` never closes an empty group, a clause (FROM, WHERE, GROUP BY, HAVING,
+parentheses balance, no clause or set operation follows a token that still wants its operand, ``)`` never closes an empty group, a clause (FROM, WHERE, GROUP BY, HAVING,
 ORDER BY, LIMIT) comes at most once per SELECT, as the SQL reader requires, JOIN and ON come only in
 a FROM clause, and the end token only comes where a query can end (parentheses closed, the last
 token a complete operand or a direction). DB units are
@@ -44,6 +44,7 @@ class Grammar:
         self.from_id = vocab.index.get("from")
         self.from_only = [vocab.index[t] for t in ("join", "on") if t in vocab.index]
         self.set_ops = {vocab.index[t] for t in SET_OPS if t in vocab.index}
+        self.clause_or_set_op = sorted(self.clauses | self.set_ops)
 
     @property
     def tables(self) -> list[list[int] | None]:
@@ -83,6 +84,10 @@ class Grammar:
             ok[self.close_paren] = False
         if depth != 0 or last_open:
             ok[self.vocab.eos] = False
+        if last_open:
+            # a clause or set operation right after an operator, a comma or a keyword that wants an
+            # operand would leave it without one: "select group_by ..." (an empty SELECT list)
+            ok[self.clause_or_set_op] = False
         if used:
             ok[list(used)] = False
         if not in_from:
