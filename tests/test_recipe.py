@@ -23,7 +23,9 @@ def test_train_sparc_recipe_runs_both_phases_and_resumes(tmp_path):
     cfg = json.load(open(run / "config.json"))
     assert cfg["utterance_rnn"] and cfg["bert_layers"] == 2 and cfg["remove_from"]
     assert cfg["unit_types"] and cfg["previous_tables"] and cfg["sample_previous"] == 0.0
-    assert cfg["label_smoothing"] == 0.1
+    assert cfg["label_smoothing"] == 0.1 and cfg["ema"] == 0.999
+    # the average validates; the raw weights are logged beside it
+    assert len([l for l in open(run / "metrics.jsonl") if '"valid_raw"' in l]) == 16
     report = json.load(open(run / "beam4" / "eval_dev.json"))
     assert report["decoding"]["beam"] == 4 and report["questions"] == 44
     # again: both phases are done, so only the evaluation runs
