@@ -73,6 +73,10 @@ def test_grammar_allows_each_clause_once_per_select(concert_schema):
         for clause in ("where", "group_by", "having", "order_by", "limit", "intersect", "union", "except"):
             assert not ok(prefix, clause), (prefix, clause)
     assert ok(w, "group_by") and ok(w, "intersect") and ok(["select", "singer.name"], "order_by")
+    # FROM-less targets: a query must name a DB unit before it ends, or FROM cannot be rebuilt
+    bare = ["select", "count", "(", "*", ")"]
+    assert ok(bare, "<eos>") and not bool(Grammar(v, from_less=True).allowed(ids(bare), size)[v.eos])
+    assert bool(Grammar(v, from_less=True).allowed(ids(["select", "count", "(", "singer.*", ")"]), size)[v.eos])
     # what the reader refuses, the grammar never produces
     with pytest.raises(Exception, match="appears twice"):
         tokens_to_sql(w + ["where", "singer.age", "<", "value"], concert_schema)
@@ -338,7 +342,7 @@ def _grammar_refusals(data_dir, remove_from, protocol="official"):
     cfg = TrainConfig(data=data_dir, remove_from=remove_from, protocol=protocol)
     train, valid, schemas, targets = load_data(cfg, log=quiet)
     vocab = Vocab.build([t for i in train for t in targets[id(i)]], [schemas[i.db_id] for i in train])
-    g = Grammar(vocab)
+    g = Grammar(vocab, from_less=remove_from)
     refused, checked = [], 0
     for ex in make_examples(train + valid, schemas, targets, vocab):
         g.tables = [ex.table_units]

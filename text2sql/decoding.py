@@ -1,7 +1,8 @@
 """Decoding: grammar-constrained greedy and beam search, and target tokens back to SQL.
 
 The constraint keeps a prefix well-formed, token by token: the query starts with ``select``,
-parentheses balance, no clause or set operation follows a token that still wants its operand, ``)`` never closes an empty group, a clause (FROM, WHERE, GROUP BY, HAVING,
+parentheses balance, no clause or set operation follows a token that still wants its operand, a FROM-less query names a
+DB unit before it ends, ``)`` never closes an empty group, a clause (FROM, WHERE, GROUP BY, HAVING,
 ORDER BY, LIMIT) comes at most once per SELECT, as the SQL reader requires, JOIN and ON come only in
 a FROM clause, and the end token only comes where a query can end (parentheses closed, the last
 token a complete operand or a direction). DB units are
@@ -29,8 +30,11 @@ _OPEN = {"select", "from", "join", "on", "as", "where", "group_by", "having", "o
 class Grammar:
     """Allowed next tokens for a prefix of joint ids (keywords, then the schema's units)."""
 
-    def __init__(self, vocab: Vocab):
+    def __init__(self, vocab: Vocab, from_less: bool = False):
         self.vocab = vocab
+        # FROM-less targets (--remove_from): FROM is rebuilt from the units a query names, so a
+        # query that names none ("select count ( * )") cannot be turned into SQL; it may not end
+        self.from_less = from_less
         K = len(vocab)
         self.K = K
         self.select = vocab.index["select"]
@@ -83,6 +87,8 @@ class Grammar:
         if depth <= 0 or last_open:
             ok[self.close_paren] = False
         if depth != 0 or last_open:
+            ok[self.vocab.eos] = False
+        if self.from_less and not any(t >= self.K for t in prefix):
             ok[self.vocab.eos] = False
         if last_open:
             # a clause or set operation right after an operator, a comma or a keyword that wants an

@@ -185,6 +185,7 @@ class Text2SQL(nn.Module):
         # prediction of the turn before instead of its gold query (set by train.build_model)
         self.sample_previous = 0.0
         self.sample_chain = False   # --sample_chain: predictions made from the previous query read
+        self.from_less = False      # --remove_from targets: constrained decoding must name a unit
         self._cache: dict = {}
         self._bottom: dict = {}     # --tune_top_layers: (db, words) -> the frozen layers' outputs
         self.disk_cache = None      # an EncoderCache, for a frozen or partly frozen encoder (train.build_model)
@@ -581,7 +582,7 @@ class Text2SQL(nn.Module):
             if m.vocab.tokens != self.vocab.tokens:
                 raise ValueError("an ensemble's models must share one vocabulary (runs trained on the "
                                  "same data with the same target style)")
-        grammar = Grammar(self.vocab) if constrained else None
+        grammar = Grammar(self.vocab, from_less=self.from_less) if constrained else None
         tables = [ex.table_units for ex in examples]
         ctxs = [m.contextualise(examples) for m in models]
         ctx = ctxs[0]

@@ -158,6 +158,7 @@ def build_model(cfg: TrainConfig, vocab: Vocab) -> Text2SQL:
                      joint_layers=cfg.joint_layers, previous_tables=cfg.previous_tables,
                      unit_types=cfg.unit_types, query_tables=cfg.query_tables)
     model.sample_previous = cfg.sample_previous
+    model.from_less = cfg.remove_from        # the target style constrained decoding keeps to
     model.sample_chain = cfg.sample_chain
     if (cfg.fix_bert or cfg.tune_top_layers) and cfg.cache_dir:
         from .encoder_cache import EncoderCache, encoder_fingerprint
