@@ -12,7 +12,7 @@
 # by whether the previous query used its table (--previous_tables); label smoothing 0.1 (over two
 # seeds, +0.9 token / +2.8 string accuracy and +3.0 question / +1.5 interaction match against the
 # three runs without it: docs/experiments.md, tenth session); validation, best.pt and decoding with a
-# moving average of the weights (--ema 0.999: over four runs, +1.2 question / +0.9 interaction match
+# moving average of the weights (--ema 0.999: over four runs, +1.1 question / +0.9 interaction match
 # against the same checkpoints' raw weights, eleventh session); --lr 3e-4 for 10 epochs, then a decay
 # by hand to 1e-4 for epochs 11-16. Gold previous queries in training: over two seeds,
 # --sample_previous 0.5 cost 0.8 token / 3.5 string points teacher-forced and moved decoded question
