@@ -582,6 +582,17 @@ def test_ema_resumes_exactly_and_can_be_switched_on_at_a_resume(concert_data, tm
     assert resumed.average.updates == full.average.updates
     for a, b in zip(full.average.shadow, resumed.average.shadow):
         assert torch.equal(a, b)
+    # a checkpoint whose average lacks a weight is a one-line error naming the file, not a KeyError
+    from text2sql.errors import DataError
+    for name in ("last.pt", "best.pt"):
+        path = os.path.join(full.run_dir, name)
+        ck = torch.load(path, map_location="cpu", weights_only=False)
+        ck["ema"]["weights"].pop(full.average.names[0])
+        torch.save(ck, path)
+    with pytest.raises(DataError, match="last.pt: the checkpoint's weight average lacks 1"):
+        Trainer(TrainConfig(resume=full.run_dir, epochs=4), log=quiet, progress=False)
+    with pytest.raises(DataError, match="best.pt: the checkpoint's weight average lacks 1"):
+        load_run(full.run_dir)
     # a run trained without it: the average starts at the resume, and the old best no longer counts
     plain = Trainer(cfg_for(concert_data, tmp_path / "c", epochs=1), log=quiet, progress=False).run()
     on = Trainer(_train_args(["--resume", plain.run_dir, "--epochs", "2", "--ema", "0.9"]), log=quiet,

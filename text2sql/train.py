@@ -302,7 +302,7 @@ def load_run(run_dir: str, device: str = "cpu", which: str = "best.pt", raw: boo
         try:
             avg.load_state_dict(ckpt["ema"])
         except DataError as e:
-            raise DataError(f"{path}: {e}") from None
+            raise DataError(e.reason, file=path) from None
         with torch.no_grad():
             for p, s in zip(avg.params, avg.shadow):
                 p.copy_(s)
@@ -439,7 +439,10 @@ class Trainer:
             if cfg.ema:
                 self.average = WeightAverage(self.model, cfg.ema)
                 if "ema" in ck:       # else it was switched on at this resume: it starts here
-                    self.average.load_state_dict(ck["ema"])
+                    try:
+                        self.average.load_state_dict(ck["ema"])
+                    except DataError as e:
+                        raise DataError(e.reason, file=os.path.join(resume_dir, "last.pt")) from None
             self.opt.load_state_dict(ck["optimizer"])
             self.sched.load_state_dict(ck["scheduler"])
             self.epoch, self.step, self.best = ck["epoch"], ck["step"], ck["best"]
