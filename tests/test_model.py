@@ -506,12 +506,15 @@ def test_overfits_tiny_data_with_tiny_bert(concert_data, tmp_path):
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(tr.run_dir))
 
 
+def _uninterrupted_and_resumed(data, tmp_path, **kw):
+    """A 3-epoch run, and a 1-epoch run with the same flags resumed to 3 epochs."""
+    full = Trainer(cfg_for(data, tmp_path / "a", epochs=3, shuffle=True, **kw), log=quiet, progress=False).run()
+    half = Trainer(cfg_for(data, tmp_path / "b", epochs=1, shuffle=True, **kw), log=quiet, progress=False).run()
+    return full, Trainer(TrainConfig(resume=half.run_dir, epochs=3), log=quiet, progress=False).run()
+
+
 def test_resume_equals_uninterrupted_run(concert_data, tmp_path):
-    full = Trainer(cfg_for(concert_data, tmp_path / "a", epochs=3, shuffle=True, dropout=0.2),
-                   log=quiet, progress=False).run()
-    half = Trainer(cfg_for(concert_data, tmp_path / "b", epochs=1, shuffle=True, dropout=0.2),
-                   log=quiet, progress=False).run()
-    resumed = Trainer(TrainConfig(resume=half.run_dir, epochs=3), log=quiet, progress=False).run()
+    full, resumed = _uninterrupted_and_resumed(concert_data, tmp_path, dropout=0.2)
     a, b = full.model.state_dict(), resumed.model.state_dict()
     assert a.keys() == b.keys()
     for k in a:
@@ -574,11 +577,7 @@ def test_ema_validates_decodes_and_checkpoints_the_average_and_logs_the_raw_weig
 
 def test_ema_resumes_exactly_and_can_be_switched_on_at_a_resume(concert_data, tmp_path):
     from text2sql.train import load_run
-    full = Trainer(cfg_for(concert_data, tmp_path / "a", epochs=3, shuffle=True, ema=0.9),
-                   log=quiet, progress=False).run()
-    half = Trainer(cfg_for(concert_data, tmp_path / "b", epochs=1, shuffle=True, ema=0.9),
-                   log=quiet, progress=False).run()
-    resumed = Trainer(TrainConfig(resume=half.run_dir, epochs=3), log=quiet, progress=False).run()
+    full, resumed = _uninterrupted_and_resumed(concert_data, tmp_path, ema=0.9)
     assert resumed.average.updates == full.average.updates
     for a, b in zip(full.average.shadow, resumed.average.shadow):
         assert torch.equal(a, b)

@@ -81,14 +81,14 @@ class Grammar:
             ok[:] = False
             ok[self.select] = True
             return ok
-        depth, used, in_from = self.scan(prefix)
+        depth, used, in_from, names_unit = self.scan(prefix)
         last = prefix[-1]
         last_open = last < self.K and last in self.open_ids
         if depth <= 0 or last_open:
             ok[self.close_paren] = False
         if depth != 0 or last_open:
             ok[self.vocab.eos] = False
-        if self.from_less and not any(t >= self.K for t in prefix):
+        if self.from_less and not names_unit:
             ok[self.vocab.eos] = False
         if last_open:
             # a clause or set operation right after an operator, a comma or a keyword that wants an
@@ -103,10 +103,10 @@ class Grammar:
             ok[self.select] = False
         return ok
 
-    def scan(self, prefix: list[int]) -> tuple[int, set[int], bool]:
+    def scan(self, prefix: list[int]) -> tuple[int, set[int], bool, bool]:
         """One pass over the prefix -> (parenthesis depth, the clause keywords the SELECT being
         written already has (each may come once; FROM counts as one), whether it is in its FROM
-        clause (where JOIN and ON belong)).
+        clause (where JOIN and ON belong), whether the prefix names any DB unit).
 
         A stack with one entry per open ``(``: [clauses, last clause] where it opened a subquery
         (``( select``), None for any other parenthesis; the bottom entry is the outer query. A set
@@ -114,7 +114,9 @@ class Grammar:
         stack: list[list | None] = [[set(), None]]
         after_open = False
         depth = 0
+        names_unit = False
         for t in prefix:
+            names_unit = names_unit or t >= self.K
             top = stack[-1]
             if t == self.open_paren:
                 depth += 1
@@ -133,8 +135,8 @@ class Grammar:
             after_open = t == self.open_paren
         top = stack[-1]
         if top is None:                 # inside a plain parenthesis: no clause starts here
-            return depth, set(self.clauses), False
-        return depth, top[0], top[1] == self.from_id
+            return depth, set(self.clauses), False, names_unit
+        return depth, top[0], top[1] == self.from_id, names_unit
 
 
 def _apply(logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

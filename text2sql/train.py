@@ -237,29 +237,35 @@ class WeightAverage:
         d = min(self.decay, (1 + self.updates) / (10 + self.updates))
         torch._foreach_lerp_(self.shadow, [p.detach() for p in self.params], 1.0 - d)
 
+    @torch.no_grad()
+    def _put(self, tensors: list[torch.Tensor]):
+        for p, t in zip(self.params, tensors):
+            p.copy_(t)
+
+    def copy_to_model(self):
+        """The model holds the averaged weights from now on (for decoding)."""
+        self._put(self.shadow)
+
     @contextmanager
     def swapped_in(self):
         """The model holds the averaged weights inside the block, its own again after it."""
-        with torch.no_grad():
-            raw = [p.detach().clone() for p in self.params]
-            for p, s in zip(self.params, self.shadow):
-                p.copy_(s)
+        raw = [p.detach().clone() for p in self.params]
+        self.copy_to_model()
         try:
             yield
         finally:
-            with torch.no_grad():
-                for p, r in zip(self.params, raw):
-                    p.copy_(r)
+            self._put(raw)
 
     def state_dict(self) -> dict:
         return {"decay": self.decay, "updates": self.updates,
                 "weights": {n: s for n, s in zip(self.names, self.shadow)}}
 
-    def load_state_dict(self, sd: dict):
+    def load_state_dict(self, sd: dict, source: str | None = None):
+        """``source``: the checkpoint file, named by the error if the average lacks a weight."""
         missing = [n for n in self.names if n not in sd["weights"]]
         if missing:
             raise DataError(f"the checkpoint's weight average lacks {len(missing)} trainable weights "
-                            f"(first: {missing[0]})")
+                            f"(first: {missing[0]})", file=source)
         with torch.no_grad():
             for n, s in zip(self.names, self.shadow):
                 s.copy_(sd["weights"][n])
@@ -299,13 +305,8 @@ def load_run(run_dir: str, device: str = "cpu", which: str = "best.pt", raw: boo
     averaged = "ema" in ckpt and not raw
     if averaged:
         avg = WeightAverage(model, ckpt["ema"]["decay"])
-        try:
-            avg.load_state_dict(ckpt["ema"])
-        except DataError as e:
-            raise DataError(e.reason, file=path) from None
-        with torch.no_grad():
-            for p, s in zip(avg.params, avg.shadow):
-                p.copy_(s)
+        avg.load_state_dict(ckpt["ema"], source=path)
+        avg.copy_to_model()
     # which weights these are: an evaluation report names them, so that a report written before
     # the run trained on (and found a new best) can be told apart from a current one
     model.checkpoint = {"file": which, "epoch": ckpt.get("epoch"), "step": ckpt.get("step"),
@@ -436,13 +437,6 @@ class Trainer:
         if resume_dir:
             ck = torch.load(os.path.join(resume_dir, "last.pt"), map_location=cfg.device, weights_only=False)
             self.model.load_state_dict(ck["model"])
-            if cfg.ema:
-                self.average = WeightAverage(self.model, cfg.ema)
-                if "ema" in ck:       # else it was switched on at this resume: it starts here
-                    try:
-                        self.average.load_state_dict(ck["ema"])
-                    except DataError as e:
-                        raise DataError(e.reason, file=os.path.join(resume_dir, "last.pt")) from None
             self.opt.load_state_dict(ck["optimizer"])
             self.sched.load_state_dict(ck["scheduler"])
             self.epoch, self.step, self.best = ck["epoch"], ck["step"], ck["best"]
@@ -462,8 +456,10 @@ class Trainer:
                 with open(os.path.join(resume_dir, "resumes.jsonl"), "a") as f:
                     f.write(json.dumps({"after_epoch": self.epoch, "step": self.step, "changed": changed}) + "\n")
                 cfg.save(resume_dir)
-        elif cfg.ema:
+        if cfg.ema:     # from the weights as loaded; a resume that switches it on starts it here
             self.average = WeightAverage(self.model, cfg.ema)
+            if resume_dir and "ema" in ck:
+                self.average.load_state_dict(ck["ema"], source=os.path.join(resume_dir, "last.pt"))
         if self.dist.main:
             from tensorboardX import SummaryWriter
             self.writer = SummaryWriter(self.run_dir)
