@@ -2,7 +2,8 @@
 
 The constraint keeps a prefix well-formed, token by token: the query starts with ``select``,
 parentheses balance, no clause or set operation follows a token that still wants its operand, a FROM-less query names a
-DB unit before it ends, ``)`` never closes an empty group, a clause (FROM, WHERE, GROUP BY, HAVING,
+DB unit before it ends, an item of a SELECT, GROUP BY or ORDER BY list never repeats the item right
+before it, ``)`` never closes an empty group, a clause (FROM, WHERE, GROUP BY, HAVING,
 ORDER BY, LIMIT) comes at most once per SELECT, as the SQL reader requires, JOIN and ON come only in
 a FROM clause, and the end token only comes where a query can end (parentheses closed, the last
 token a complete operand or a direction). DB units are
@@ -49,6 +50,10 @@ class Grammar:
         self.from_only = [vocab.index[t] for t in ("join", "on") if t in vocab.index]
         self.set_ops = {vocab.index[t] for t in SET_OPS if t in vocab.index}
         self.clause_or_set_op = sorted(self.clauses | self.set_ops)
+        # clauses that hold a comma-separated list (None: the SELECT list, before any other clause)
+        self.lists = {None} | {vocab.index[t] for t in ("group_by", "order_by") if t in vocab.index}
+        self.comma = vocab.index.get(",")
+        self.distinct = vocab.index.get("distinct")
 
     @property
     def tables(self) -> list[list[int] | None]:
@@ -81,7 +86,7 @@ class Grammar:
             ok[:] = False
             ok[self.select] = True
             return ok
-        depth, used, in_from, names_unit = self.scan(prefix)
+        depth, used, in_from, names_unit, repeat = self.scan(prefix)
         last = prefix[-1]
         last_open = last < self.K and last in self.open_ids
         if depth <= 0 or last_open:
@@ -96,6 +101,12 @@ class Grammar:
             ok[self.clause_or_set_op] = False
         if used:
             ok[list(used)] = False
+        if repeat is not None:
+            # a list item may not end as a copy of the item before it: "select a.x , a.x" is how a
+            # decoder repeats itself (62 of one run's 1,203 dev queries, all wrong). SParC's gold
+            # does it in 17 of 9,025 training queries (annotation slips) and, in dev, once: a
+            # self-join, whose two copies of a table alias-less tokens cannot tell apart anyway
+            ok[repeat] = False
         if not in_from:
             ok[self.from_only] = False
         # SELECT starts a query: only first, after "(" (a subquery) or after a set operation
@@ -103,21 +114,33 @@ class Grammar:
             ok[self.select] = False
         return ok
 
-    def scan(self, prefix: list[int]) -> tuple[int, set[int], bool, bool]:
+    def scan(self, prefix: list[int]) -> tuple[int, set[int], bool, bool, int | None]:
         """One pass over the prefix -> (parenthesis depth, the clause keywords the SELECT being
         written already has (each may come once; FROM counts as one), whether it is in its FROM
-        clause (where JOIN and ON belong), whether the prefix names any DB unit).
+        clause (where JOIN and ON belong), whether the prefix names any DB unit, the one token that
+        would make the list item being written (SELECT, GROUP BY or ORDER BY) a copy of the item
+        before it, or None).
 
-        A stack with one entry per open ``(``: [clauses, last clause] where it opened a subquery
-        (``( select``), None for any other parenthesis; the bottom entry is the outer query. A set
-        operation starts a new SELECT at its level."""
-        stack: list[list | None] = [[set(), None]]
+        A stack with one entry per open ``(``: a block [clauses, last clause, previous item, current
+        item] where it opened a subquery (``( select``), None for any other parenthesis; the bottom
+        entry is the outer query. A set operation starts a new SELECT at its level. Tokens inside a
+        plain parenthesis (``count ( a.x )``) belong to the nearest block's current item; a subquery
+        inside an item makes it unlike any other (a unique negative marker)."""
+        stack: list[list | None] = [self._block()]
         after_open = False
         depth = 0
         names_unit = False
-        for t in prefix:
+        for pos, t in enumerate(prefix):
             names_unit = names_unit or t >= self.K
             top = stack[-1]
+            block = next(b for b in reversed(stack) if b is not None)
+            if t == self.select and after_open:
+                stack[-1] = self._block()
+                outer = next(b for b in reversed(stack[:-1]) if b is not None)
+                if outer[3] is not None:
+                    outer[3].append(-1 - pos)
+                after_open = False
+                continue
             if t == self.open_paren:
                 depth += 1
                 stack.append(None)
@@ -125,18 +148,36 @@ class Grammar:
                 depth -= 1
                 if len(stack) > 1:
                     stack.pop()
-            elif t == self.select and after_open:
-                stack[-1] = [set(), None]
+                block = next(b for b in reversed(stack) if b is not None)
             elif top is not None and t in self.set_ops:
-                stack[-1] = [set(), None]
+                stack[-1] = self._block()
+                after_open = False
+                continue
             elif top is not None and t in self.clauses:
                 top[0].add(t)
                 top[1] = t
+                top[2], top[3] = None, ([] if t in self.lists else None)
+                after_open = False
+                continue
+            elif top is not None and t == self.comma and top[3] is not None:
+                top[2], top[3] = top[3], []
+                after_open = False
+                continue
+            if block[3] is not None and t != self.select:
+                if not (t == self.distinct and not block[3]):     # "select distinct a.x": the item is a.x
+                    block[3].append(t)
             after_open = t == self.open_paren
         top = stack[-1]
+        block = next(b for b in reversed(stack) if b is not None)
+        prev, cur = block[2], block[3]
+        repeat = prev[-1] if prev and cur is not None and prev[-1] >= 0 and prev[:-1] == cur else None
         if top is None:                 # inside a plain parenthesis: no clause starts here
-            return depth, set(self.clauses), False, names_unit
-        return depth, top[0], top[1] == self.from_id, names_unit
+            return depth, set(self.clauses), False, names_unit, repeat
+        return depth, top[0], top[1] == self.from_id, names_unit, repeat
+
+    @staticmethod
+    def _block() -> list:
+        return [set(), None, None, []]
 
 
 def _apply(logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
