@@ -130,3 +130,31 @@ def test_tuned_runs_share_the_frozen_layers_states_on_disk(concert_data, tmp_pat
     assert os.path.basename(a.model.disk_cache.dir) != encoder_fingerprint(c.model.encoder)
     frozen = Trainer(cfg_for(concert_data, tmp_path / "d", fix_bert=True, cache_dir=cache), log=quiet, progress=False)
     assert frozen.model.disk_cache.dir != a.model.disk_cache.dir
+
+
+@pytest.mark.parametrize("freeze", [dict(fix_bert=True), dict(tune_top_layers=1)])
+def test_entries_written_under_amp_are_the_float32_ones(concert_data, tmp_path, freeze):
+    """The cache is keyed by the frozen weights alone, so what a run with --amp (bf16 autocast)
+    writes must be what a float32 run would: every later run reads it back, with or without --amp."""
+    def entries(name, amp):
+        cache = str(tmp_path / name)
+        tr = Trainer(cfg_for(concert_data, tmp_path / name, cache_dir=cache, amp=amp, **freeze), log=quiet,
+                     progress=False)
+        tr.model.eval()
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            encode_all(tr)
+        files = sorted(glob.glob(os.path.join(cache, "*", "*", "*.pt")))
+        return {os.path.basename(f): torch.load(f, weights_only=True) for f in files}
+
+    plain, amp = entries("fp32", False), entries("bf16", True)
+    assert plain and plain.keys() == amp.keys()
+
+    def flat(v):
+        if isinstance(v, torch.Tensor):
+            return [v]
+        if isinstance(v, dict):
+            return [t for k in sorted(v) for t in flat(v[k])]
+        return [t for x in v for t in flat(x)] if isinstance(v, (list, tuple)) else []
+    for k in plain:
+        a, b = flat(plain[k]), flat(amp[k])
+        assert a and len(a) == len(b) and all(x.dtype == y.dtype and torch.equal(x, y) for x, y in zip(a, b)), k

@@ -90,6 +90,13 @@ def _link(words: list[str], unit_texts: list[str], U: int) -> torch.Tensor:
     return torch.nn.functional.pad(feats, (0, 0, 0, U - feats.shape[0]))
 
 
+def full_precision(device: torch.device):
+    """Autocast off: a frozen encoder's outputs are cached on disk and in memory under a key of its
+    weights alone, so they must not depend on whether the run that computed them used --amp (a
+    bf16 entry would be read back by every later float32 run). Filling the cache is a one-off."""
+    return torch.autocast(device_type=torch.device(device).type, enabled=False)
+
+
 def pad_ids(seqs: list[list[int]], device) -> tuple[torch.Tensor, torch.Tensor]:
     """Id lists -> (ids [N, L], mask [N, L]) with L >= 1, built on the host, moved in one copy."""
     L = max(1, max((len(s) for s in seqs), default=0))
@@ -256,7 +263,8 @@ class Text2SQL(nn.Module):
             return None if hit is None else [(x.to(dev), None if r is None else r.to(dev)) for x, r in hit]
 
         def compute(rows):
-            states = self.encoder.bottom_states([p for i in rows for p in layout(i).passes], dev)
+            with full_precision(dev):
+                states = self.encoder.bottom_states([p for i in rows for p in layout(i).passes], dev)
             out, at = [], 0
             for i in rows:
                 out.append(states[at:at + len(layout(i).passes)])
@@ -297,7 +305,8 @@ class Text2SQL(nn.Module):
             return None if hit is None else (hit[0].to(dev), hit[1].to(dev))
 
         def compute(rows):
-            out = self.encoder([utterances[i] for i in rows], [schemas[i] for i in rows])
+            with full_precision(dev):
+                out = self.encoder([utterances[i] for i in rows], [schemas[i] for i in rows])
             n_words, n_units = out.utterance_mask.sum(1).tolist(), out.unit_mask.sum(1).tolist()
             return [(out.utterance[j, :n_words[j]].detach(), out.units[j, :n_units[j]].detach())
                     for j in range(len(rows))]
