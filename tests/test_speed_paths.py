@@ -117,6 +117,16 @@ def test_bf16_autocast_trains(tmp_path):
     assert any(n.startswith("encoder.") for n in changed) and any(n.startswith("decoder.") for n in changed)
     # the parameters themselves stay fp32 (autocast casts per op, it never converts the model)
     assert all(p.dtype == torch.float32 for p in tr.model.parameters())
+    # the log-probs, which the losses and beam scores sum, are float32 on every device (CPU
+    # autocast would leave log_softmax in bf16), and near the float32 model's
+    model, ex = tr.model.eval(), tr.valid_ex[:4]
+    with torch.no_grad():
+        plain = model(ex)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = model(ex)
+    assert low.logp.dtype == torch.float32
+    a, b = real_part(low.logp, plain.logp, plain.mask)
+    assert not torch.equal(a, b) and (a.exp() - b.exp()).abs().max() < 0.05
 
 
 def _train(tmp_path, name, nproc, extra=()):

@@ -368,7 +368,9 @@ class Decoder(nn.Module):
             logits = logits.scatter_add(2, ids, copy)
         unit_ok = torch.cat([torch.ones_like(kw[:, 0], dtype=torch.bool), mem.unit_mask], -1)   # [B, K + U]
         logits = logits.masked_fill(~unit_ok.unsqueeze(1), NEG)
-        logp = torch.log_softmax(logits, -1)
+        # float32 under any autocast: CUDA's autocast already runs log_softmax in float32, CPU's
+        # would keep bf16 (8 bits of mantissa), and the losses and beam scores sum these
+        logp = torch.log_softmax(logits.float(), -1)
         return logp[:, 0] if single else logp
 
     def forward(self, turn_state, targets, mem: DecoderMemory, go: int, targets_mask=None):
