@@ -9,6 +9,10 @@ with the default encoder, it measures in one run:
     and with ``--fix_bert`` (warm encoder cache). With ``--fix_bert`` the EditSQL regime is timed
     twice: as EditSQL runs it, the frozen BERT reading every turn again (``speedup_fix_bert`` is
     against this), and with the cache too (``speedup_fix_bert_batching_only``);
+  - the same with ``--amp`` (bf16 autocast) where the device has bf16 units (a GPU, or a CPU
+    whose oneDNN reports bf16 support, such as AVX512-BF16 or AMX): its ``speedup_*_amp`` are
+    against EditSQL's regime as EditSQL runs it, in float32; ``*_same_precision`` against that
+    regime under --amp too;
   - the share of a fine-tuning step spent outside the encoder (forward + backward);
   - an epoch over SParC dev.json (1,203 turns) with ``--fix_bert`` and a warm cache;
   - peak resident memory of the process;
@@ -36,6 +40,18 @@ PEAK_BF16 = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
 
 def quiet(*a, **k):
     pass
+
+
+def has_bf16(device: str) -> bool:
+    """Whether --amp can be fast here: a GPU, or a CPU whose oneDNN has bf16 kernels (on other
+    CPUs autocast emulates bf16 and is slower than float32, so the rows are left out)."""
+    import torch
+    if device.startswith("cuda"):
+        return True
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def trainer(fix_bert: bool, run_root: str, cache: str, device: str = "cpu", amp: bool = False, data=None,
@@ -129,8 +145,12 @@ def main(argv=None):
     rows = []
     # BERT trains in training mode (dropout on), as in a real run; on CPU its attention dropout
     # forces PyTorch's unfused attention kernel, hence the row without it
-    modes = (("finetune", False, {}), ("finetune_att0", False, {"bert_attention_dropout": 0.0}),
-             ("fix_bert", True, {}))
+    modes = [("finetune", False, {}), ("finetune_att0", False, {"bert_attention_dropout": 0.0}),
+             ("fix_bert", True, {})]
+    amp_ok = has_bf16(args.device)
+    fig["bf16_units"] = amp_ok
+    if amp_ok:
+        modes += [("finetune_amp", False, {"amp": True}), ("fix_bert_amp", True, {"amp": True})]
     for mode, fix, extra in modes:
         tr = trainer(fix, run_root, cache, args.device, **extra)
         ex = tr.train_ex[:args.interactions]
@@ -145,6 +165,18 @@ def main(argv=None):
                     f"{mode}_turns_s_b8": round(b8, 2), f"{mode}_turns_s_b16": round(b16, 2),
                     f"speedup_{mode}": round(best / base, 2)})
         label = mode
+        if extra.get("amp"):
+            # EditSQL trains in float32: the headline ratio is against its regime as it runs
+            fp32 = mode[:-len("_amp")]
+            ref = fig[f"{fp32}_turns_s_editsql_nocache_b1" if fix else f"{fp32}_turns_s_editsql_b1"]
+            fig.update({f"speedup_{mode}": round(best / ref, 2), f"speedup_{mode}_same_precision": round(best / base, 2)})
+            rows.append([f"{mode} (--amp; EditSQL regime under --amp too)", f"{base:.1f}", f"{b1:.1f}", f"{b8:.1f}",
+                         f"{b16:.1f}", f"{best / base:.1f}× ({best / ref:.1f}× against EditSQL's float32 regime"
+                         + (", without the cache)" if fix else ")")])
+            print(f"{mode}: turns/s  EditSQL regime under --amp {base:.1f} | batch 1 {b1:.1f} | batch 8 {b8:.1f} | "
+                  f"batch 16 {b16:.1f} | speedup {best / base:.1f}x, {best / ref:.1f}x against EditSQL's float32 regime")
+            del tr
+            continue
         if fix:
             # EditSQL has no cache: its frozen BERT reads every turn again, every epoch. The cached
             # figure above gives batching's share of the speed-up alone.
@@ -172,6 +204,10 @@ def main(argv=None):
         secs, turns, _ = dev_epoch(True, run_root, cache, args.device, False)
         fig.update({"dev_epoch_fix_bert_warm_s": round(secs, 1), "dev_epoch_turns": turns})
         print(f"epoch over SParC dev.json ({turns} turns), --fix_bert, warm cache, batch 16: {secs:.1f} s")
+        if amp_ok and not args.device.startswith("cuda"):
+            secs, _, _ = dev_epoch(True, run_root, cache, args.device, True)
+            fig["dev_epoch_fix_bert_amp_warm_s"] = round(secs, 1)
+            print(f"the same with --amp: {secs:.1f} s")
     if args.device.startswith("cuda") and os.path.exists(SPARC):
         secs, turns, tr = dev_epoch(False, run_root, cache, args.device, True)
         fig["gpu_dev_epoch_finetune_bf16_s"] = round(secs, 1)
@@ -200,7 +236,9 @@ def main(argv=None):
               "is spent outside the encoder's forward and backward pass.")
         if "dev_epoch_fix_bert_warm_s" in fig:
             md += (f" An epoch over SParC dev.json ({fig['dev_epoch_turns']} turns) with `--fix_bert` and a "
-                   f"warm cache, batch 16: {fig['dev_epoch_fix_bert_warm_s']:.1f} s.")
+                   f"warm cache, batch 16: {fig['dev_epoch_fix_bert_warm_s']:.1f} s"
+                   + (f" ({fig['dev_epoch_fix_bert_amp_warm_s']:.1f} s with `--amp`)." if "dev_epoch_fix_bert_amp_warm_s" in fig
+                      else "."))
         md += f" Peak resident memory of the whole benchmark process: {fig['peak_rss_gib']:.2f} GiB."
         write_section("bench_train", md, fig)
     print(json.dumps(fig, sort_keys=True))
