@@ -150,7 +150,9 @@ def main(argv=None):
     amp_ok = has_bf16(args.device)
     fig["bf16_units"] = amp_ok
     if amp_ok:
-        modes += [("finetune_amp", False, {"amp": True}), ("fix_bert_amp", True, {"amp": True})]
+        modes += [("finetune_amp", False, {"amp": True}),
+                  ("finetune_att0_amp", False, {"amp": True, "bert_attention_dropout": 0.0}),
+                  ("fix_bert_amp", True, {"amp": True})]
     for mode, fix, extra in modes:
         tr = trainer(fix, run_root, cache, args.device, **extra)
         ex = tr.train_ex[:args.interactions]
