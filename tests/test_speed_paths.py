@@ -129,6 +129,34 @@ def test_bf16_autocast_trains(tmp_path):
     assert not torch.equal(a, b) and (a.exp() - b.exp()).abs().max() < 0.05
 
 
+def test_bf16_autocast_gradients_follow_the_float32_ones(tmp_path):
+    """Under CPU autocast the decoder casts its step weights once and runs the step attention in
+    float32 (decoder.prepare): every module's gradient must still be the float32 one, up to bf16's
+    rounding; a gradient lost on the way (a deferred sum never run) would make it zero."""
+    from text2sql.model import MODULES, module_of
+    from text2sql.metrics import sequence_loss
+    tr = tiny_trainer(tmp_path, max_turn=3, utterance_rnn=True, previous_tables=True)
+    model, ex = tr.model.eval(), tr.train_ex[:6]
+    K = len(tr.vocab)
+
+    def grads(amp):
+        model.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            out = model(ex)
+        loss = sequence_loss(out.logp.float(), out.targets, out.mask, K, "sum", len(ex))[0]
+        loss.backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None and p.grad.any()}
+
+    plain, low = grads(False), grads(True)
+    assert set(plain) == set(low), set(plain) ^ set(low)
+    for m in MODULES:
+        names = [n for n in plain if module_of(n) == m]
+        assert names, m
+        a, b = (torch.cat([g[n].flatten() for n in names]) for g in (plain, low))
+        cos = torch.nn.functional.cosine_similarity(a, b, dim=0)
+        assert cos > 0.98 and 0.9 < b.norm() / a.norm() < 1.1, (m, float(cos), float(b.norm() / a.norm()))
+
+
 def _train(tmp_path, name, nproc, extra=()):
     run = str(tmp_path / name)
     args = ["-m", "text2sql", "train", "--data", TINY_DATA, "--bert", "tiny", "--tiny_dataset", "6",

@@ -167,7 +167,15 @@ class _StepProduct(torch.autograd.Function):
 
 
 def _product(x: torch.Tensor, w: torch.Tensor, log: list | None) -> torch.Tensor:
+    if w.dtype != x.dtype and not torch.is_autocast_enabled(x.device.type):
+        w = w.to(x.dtype)        # a memory prepared under autocast, stepped outside it
     return x @ w.T if log is None else _StepProduct.apply(x, w, log)
+
+
+def _cpu_autocast(t: torch.Tensor) -> torch.dtype | None:
+    """The autocast dtype where autocast is on for a CPU tensor, else None."""
+    on = t.device.type == "cpu" and torch.is_autocast_enabled("cpu")
+    return torch.get_autocast_dtype("cpu") if on else None
 
 
 class _DeferredWeightGrad(torch.autograd.Function):
@@ -307,6 +315,15 @@ class Decoder(nn.Module):
         w_rec = torch.cat([self.cell.weight_ih[:, H:], self.cell.weight_hh], 1)   # [4 hidden, 2 hidden]
         w_fuse_rec = torch.cat([w_prev_out, w_h], 1)                              # [hidden, 2 hidden]
         weights, logs = (w_rec, w_fuse_rec), None
+        low = _cpu_autocast(w_rec)
+        if low is not None:
+            # CPU autocast (--amp): bf16 pays for the products above, not for the step's small
+            # ones. Each step would cast both step weights again (they are not parameters, so
+            # autocast's cache misses them), and CPU bmm runs the attention's [B, 1, K] mat-vecs
+            # 1.1-3x slower in bf16 than in float32: cast the weights once, keep the memory in
+            # float32 (recur runs the step's attention with autocast off)
+            weights = tuple(w.to(low) for w in weights)
+            keys, values = tuple(k.float() for k in keys), tuple(v.float() for v in values)
         if torch.is_grad_enabled():
             logs = tuple([] for _ in range(5))          # 3 attentions, then the 2 step weights
             pairs = [_DeferredMemoryGrad.apply(k, v, log) for k, v, log in zip(keys, values, logs)]
@@ -335,8 +352,14 @@ class Decoder(nn.Module):
         h = torch.sigmoid(o) * torch.tanh(c)
         fused = fuse_in + _product(torch.cat([prev_out, h], -1), w_fuse_rec, logs[4])   # [B, hidden]
         masks = (mem.utt_mask, mem.unit_mask, mem.prev_mask)
-        for keys, values, mask, log in zip(mem.keys, mem.values, masks, logs):
-            fused = fused + _StepAttention.apply(h, keys, values, mask, log)     # [B, hidden]
+        if _cpu_autocast(h) is None:
+            for keys, values, mask, log in zip(mem.keys, mem.values, masks, logs):
+                fused = fused + _StepAttention.apply(h, keys, values, mask, log)     # [B, hidden]
+        else:                        # CPU autocast: the attention in float32 (see prepare)
+            h32 = h.float()
+            with torch.autocast("cpu", enabled=False):
+                for keys, values, mask, log in zip(mem.keys, mem.values, masks, logs):
+                    fused = fused + _StepAttention.apply(h32, keys.float(), values.float(), mask, log)
         return (h, c), self.dropout(torch.tanh(fused))
 
     def step(self, state, prev_emb, prev_out, mem: DecoderMemory, flags: torch.Tensor | None = None):
