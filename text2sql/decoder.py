@@ -11,6 +11,7 @@ Target ids live in the joint space: ``id < K`` is keyword ``id``, ``K + j`` is u
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, fields, replace
 
@@ -167,8 +168,6 @@ class _StepProduct(torch.autograd.Function):
 
 
 def _product(x: torch.Tensor, w: torch.Tensor, log: list | None) -> torch.Tensor:
-    if w.dtype != x.dtype and not torch.is_autocast_enabled(x.device.type):
-        w = w.to(x.dtype)        # a memory prepared under autocast, stepped outside it
     return x @ w.T if log is None else _StepProduct.apply(x, w, log)
 
 
@@ -352,14 +351,12 @@ class Decoder(nn.Module):
         h = torch.sigmoid(o) * torch.tanh(c)
         fused = fuse_in + _product(torch.cat([prev_out, h], -1), w_fuse_rec, logs[4])   # [B, hidden]
         masks = (mem.utt_mask, mem.unit_mask, mem.prev_mask)
-        if _cpu_autocast(h) is None:
+        # under CPU autocast the attention runs in float32, over the float32 memory prepare made
+        cpu_amp = _cpu_autocast(h) is not None
+        query = h.float() if cpu_amp else h
+        with torch.autocast("cpu", enabled=False) if cpu_amp else contextlib.nullcontext():
             for keys, values, mask, log in zip(mem.keys, mem.values, masks, logs):
-                fused = fused + _StepAttention.apply(h, keys, values, mask, log)     # [B, hidden]
-        else:                        # CPU autocast: the attention in float32 (see prepare)
-            h32 = h.float()
-            with torch.autocast("cpu", enabled=False):
-                for keys, values, mask, log in zip(mem.keys, mem.values, masks, logs):
-                    fused = fused + _StepAttention.apply(h32, keys.float(), values.float(), mask, log)
+                fused = fused + _StepAttention.apply(query, keys, values, mask, log)     # [B, hidden]
         return (h, c), self.dropout(torch.tanh(fused))
 
     def step(self, state, prev_emb, prev_out, mem: DecoderMemory, flags: torch.Tensor | None = None):
