@@ -1,5 +1,6 @@
 """The parser on a tiny random BERT: masking, gradients, history, decoding, training loop."""
 import copy
+from dataclasses import replace
 import json
 import math
 import os
@@ -776,3 +777,70 @@ def test_tune_top_layers_trains_the_top_layer_over_frozen_states_computed_once(c
 
     with pytest.raises(ValueError, match="--tune_top_layers 1 cannot go with --fix_bert"):
         Trainer(cfg_for(concert_data, tmp_path / "b", tune_top_layers=1, fix_bert=True), log=quiet, progress=False)
+
+
+def test_pointer_links_count_name_words_whole_names_and_the_turn_before():
+    from text2sql.model import N_POINTER_LINKS, _pointer_links
+    units = ["singer", "singer *", "singer . first name", "singer . age", "concert . concert name"]
+    now = "show the first names of all singers".split()
+    before = "how old is each singer".split()
+    f = _pointer_links(now, before, units, 7)
+    assert f.shape == (7, N_POINTER_LINKS) and f[5:].abs().sum() == 0          # padding rows
+    # [column share, table share, column as a phrase, table as a phrase, the two shares before]
+    assert f[0].tolist() == [0, 1, 0, 1, 0, 1] and f[1].tolist() == [0, 1, 0, 1, 0, 1]
+    assert f[2].tolist() == [1, 1, 1, 1, 0, 1]
+    assert f[3].tolist() == [0, 1, 0, 1, 0, 1]
+    assert f[4].tolist() == [0.5, 0, 0, 0, 0, 0]
+    # the words of a name in another order are all there, but not as the name
+    g = _pointer_links("name the first singer".split(), [], units, 5)
+    assert g[2].tolist() == [1, 1, 0, 1, 0, 0]
+
+
+def test_link_bonus_scores_named_units_alike_teacher_forced_and_step_by_step(concert_data, tmp_path):
+    tr = Trainer(cfg_for(concert_data, tmp_path, link_bonus=True, fix_bert=True), log=quiet, progress=False)
+    model, K = tr.model, len(tr.vocab)
+    dec, batch = model.decoder, tr.train_ex[:3]
+    # zero-initialised, so training starts from the model without it; one step moves it
+    assert dec.link_gate.weight.abs().sum() == 0
+    tr.train_step(batch, Meter(K))
+    assert dec.link_gate.weight.grad.abs().sum() > 0 and dec.link_gate.weight.abs().sum() > 0
+    assert module_of("decoder.link_gate.weight") == "decoder"
+    model.eval()
+    with torch.no_grad():
+        torch.nn.init.normal_(dec.link_gate.weight)
+        out = model(batch)
+        ctx = model.contextualise(batch)
+        mem = model.memory(ctx, model.gold_previous(batch))
+        links = mem.unit_links                                                  # [Nt, U, F]
+        assert links.shape[:2] == mem.units.shape[:2] and links[~mem.unit_mask].abs().sum() == 0
+        assert links[..., 2].sum() > 0       # some unit is named whole in some turn
+        state = dec.init_state(ctx["state"])
+        prev_out = ctx["state"].new_zeros(ctx["state"].shape[0], dec.hidden)
+        tok = torch.full((ctx["state"].shape[0],), tr.vocab.go)
+        for i in range(out.targets.shape[1]):
+            emb = dec.embed(tok.unsqueeze(1), mem.units)[:, 0]
+            state, prev_out, logp = dec.step(state, emb, prev_out, mem)
+            m = out.mask[:, i]
+            assert torch.allclose(logp[m], out.logp[m, i], atol=1e-5)
+            tok = out.targets[:, i]
+        # each unit's logit moves by exactly (W o + b) . f_unit; keywords only by the normaliser
+        with_bonus = dec.scores(prev_out, mem)
+        plain = dec.scores(prev_out, replace(mem, unit_links=torch.zeros_like(links)))
+        diff = with_bonus - plain
+        norm = diff[:, :K]
+        assert torch.allclose(norm, norm[:, :1].expand_as(norm), atol=1e-5)
+        want = torch.einsum("bf,buf->bu", dec.link_gate(prev_out), links)
+        valid = mem.unit_mask
+        assert torch.allclose((diff[:, K:] - norm[:, :1])[valid], want[valid], atol=1e-4)
+        assert want[valid].abs().max() > 1e-3
+    for beam in (1, 3):
+        preds = model.predict(batch, beam=beam, constrained=True, max_len=20)
+        assert [len(p) for p in preds] == [len(e) for e in batch]
+
+
+def test_singular_meets_the_names_of_columns():
+    from text2sql.model import _singular
+    for plural, name in [("names", "name"), ("addresses", "address"), ("cities", "city"), ("types", "type"),
+                         ("classes", "class"), ("matches", "match"), ("dates", "date"), ("years", "year")]:
+        assert _singular(plural) == _singular(name) == name, plural
+    assert _singular("status") == "status" and _singular("has") == "has"

@@ -40,11 +40,15 @@ def real_part(a, b, mask):
     dict(max_turn=1), dict(max_turn=2), dict(max_turn=5), dict(max_turn=3, utterance_rnn=True),
     dict(max_turn=5, utterance_rnn=True, previous_utterances=2), dict(max_turn=2, previous_utterances=3),
     dict(max_turn=3, joint_layers=2), dict(max_turn=3, utterance_rnn=True, previous_tables=True),
-    dict(max_turn=2, unit_types=True), dict(max_turn=3, query_tables=True, remove_from=True)], ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items()))
+    dict(max_turn=2, unit_types=True), dict(max_turn=3, query_tables=True, remove_from=True),
+    dict(max_turn=3, link_bonus=True)], ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items()))
 def test_batched_equals_one_interaction_and_one_turn_at_a_time(tmp_path, kw):
     max_turn = kw["max_turn"]
     tr = tiny_trainer(tmp_path, **kw)
     model = tr.model.eval()
+    if model.decoder.link_gate is not None:      # zero-initialised: give the bonus something to add
+        torch.nn.init.normal_(model.decoder.link_gate.weight)
+        torch.nn.init.normal_(model.decoder.link_gate.bias)
     # interactions of 1 to 4 turns, on two databases with schemas of different sizes
     ex = tr.train_ex[:6] + tr.valid_ex[:3]
     assert len({len(e) for e in ex}) > 1 and len({len(e.unit_texts) for e in ex}) > 1

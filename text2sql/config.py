@@ -62,6 +62,9 @@ class TrainConfig:
                                       "column is drawn to the tables the conversation is about")
     query_tables: bool = _f(False, "while writing a query, the decoder's pointer learns a bonus for the DB units "
                                    "of tables the query already uses (FROM-less targets name no tables)")
+    link_bonus: bool = _f(False, "the pointer's score of each DB unit gains a learnt, step-dependent weighting "
+                                 "of its name-match features (share of its column's and table's words in "
+                                 "this turn and the turn before, whole-name matches)")
     unit_types: bool = _f(False, "a learnt embedding of each DB unit's kind (table, star, or its column's type) "
                                  "and key role (primary, foreign) is added to the unit's vector")
     sample_previous: float = _f(0.0, "scheduled sampling of the previous query: in training, this share of follow-up "

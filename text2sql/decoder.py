@@ -34,6 +34,7 @@ class DecoderMemory:
     prev_mask: torch.Tensor      # [B, P] bool (all False on a first turn)
     prev_ids: torch.Tensor | None = None   # [B, P] joint ids of the previous SQL (for copying)
     unit_tables: torch.Tensor | None = None   # [B, U] each unit's table, -1 where padded (--query_tables)
+    unit_links: torch.Tensor | None = None    # [B, U, F] name-match features of each unit (--link_bonus)
     # filled by Decoder.prepare: the memory already multiplied by the step weights that act on it
     keys: tuple | None = None      # 3 x [B, K, hidden]: utt, units, prev keys times each attention's W
     values: tuple | None = None    # 3 x [B, K, hidden]: the same times the fusion's column block
@@ -225,7 +226,7 @@ class UtteranceRNN(PreviousQueryEncoder):
 
 class Decoder(nn.Module):
     def __init__(self, dim: int, hidden: int, n_keywords: int, state_size: int, prev_size: int,
-                 dropout: float = 0.0, query_tables: bool = False):
+                 dropout: float = 0.0, query_tables: bool = False, link_features: int = 0):
         super().__init__()
         self.hidden = hidden
         self.n_keywords = n_keywords
@@ -249,6 +250,16 @@ class Decoder(nn.Module):
         # (as if q were added to its vector). FROM-less targets never name their tables, so this
         # is how "the same table as the columns before" reaches the pointer.
         self.query_table = nn.Parameter(torch.randn(dim) * 0.1) if query_tables else None
+        # --link_bonus: unit j's logit gains (W_l o + b) · f_j, f_j its name-match features. The
+        # encoder's link features reach the pointer only through the unit vectors and a bilinear
+        # form; this puts "the utterance names this column" one weight away from the score, and
+        # the step decides how much each feature counts (a column after "where" vs. a table).
+        # Zero-initialised: training starts from the model without it.
+        self.link_gate = None
+        if link_features:
+            self.link_gate = nn.Linear(hidden, link_features)
+            nn.init.zeros_(self.link_gate.weight)
+            nn.init.zeros_(self.link_gate.bias)
 
     # ---- which tables the query so far uses (--query_tables) -----------------------------
     def query_table_flags(self, targets: torch.Tensor, mask: torch.Tensor | None,
@@ -380,6 +391,10 @@ class Decoder(nn.Module):
                 raise ValueError("--query_tables: the decoder needs the tables of the query so far")
             flags = flags.unsqueeze(1) if flags.dim() == 2 else flags
             db = db + (proj @ self.query_table).unsqueeze(-1) * flags        # [B, L, U]
+        if self.link_gate is not None:
+            if mem.unit_links is None:
+                raise ValueError("--link_bonus: the decoder needs its units' link features")
+            db = db + torch.einsum("blf,buf->blu", self.link_gate(out), mem.unit_links.to(db.dtype))
         logits = torch.cat([kw, db], -1)                                     # [B, L, K + U]
         if mem.prev_ids is not None and mem.prev.shape[1] > 0:
             copy = torch.einsum("bld,bpd->blp", self.copy_proj(out), mem.prev)   # [B, L, P]

@@ -68,6 +68,20 @@ def _stem(w: str) -> str:
     return w
 
 
+def _singular(w: str) -> str:
+    """A plural's singular, for --link_bonus. ``_stem`` above (the encoder-side features that every
+    saved run was trained with, so it stays) maps "names" to "nam" and "address" to "addres", so
+    "the names of ..." never matched a "name" column there."""
+    w = w.lower()
+    if w.endswith("ies") and len(w) > 4:
+        return w[:-3] + "y"
+    if w.endswith(("sses", "shes", "ches", "xes", "zes")):
+        return w[:-2]
+    if w.endswith("s") and len(w) > 3 and not w.endswith(("ss", "us", "is")):
+        return w[:-1]
+    return w
+
+
 _LINK_CACHE: dict = {}
 
 
@@ -87,6 +101,40 @@ def _link(words: list[str], unit_texts: list[str], U: int) -> torch.Tensor:
         if len(_LINK_CACHE) > 100000:
             _LINK_CACHE.clear()
         _LINK_CACHE[key] = feats
+    return torch.nn.functional.pad(feats, (0, 0, 0, U - feats.shape[0]))
+
+
+N_POINTER_LINKS = 6
+_POINTER_CACHE: dict = {}
+
+
+def _phrase_in(toks: list[str], said: list[str]) -> bool:
+    n = len(toks)
+    return n > 0 and any(said[i:i + n] == toks for i in range(len(said) - n + 1))
+
+
+def _pointer_links(words: list[str], prev_words: list[str], unit_texts: list[str], U: int) -> torch.Tensor:
+    """[U, N_POINTER_LINKS] what --link_bonus scores a unit by, for one turn: the share of its
+    column's and its table's name words in this turn's words, whether each name occurs there as a
+    whole phrase, and the two shares in the turn before's words (rows past ``len(unit_texts)``
+    are padding)."""
+    key = (tuple(words), tuple(prev_words), tuple(unit_texts))
+    feats = _POINTER_CACHE.get(key)
+    if feats is None:
+        now = [_singular(w) for w in words]
+        now_set, before = set(now), {_singular(w) for w in prev_words}
+        feats = torch.zeros(len(unit_texts), N_POINTER_LINKS)
+        for j, text in enumerate(unit_texts):
+            table, _, column = text.partition(" . ")
+            for k, part in enumerate((column, table.replace(" *", ""))):
+                toks = [_singular(t) for t in part.split()]
+                if toks:
+                    feats[j, k] = sum(t in now_set for t in toks) / len(toks)
+                    feats[j, 2 + k] = float(_phrase_in(toks, now))
+                    feats[j, 4 + k] = sum(t in before for t in toks) / len(toks)
+        if len(_POINTER_CACHE) > 100000:
+            _POINTER_CACHE.clear()
+        _POINTER_CACHE[key] = feats
     return torch.nn.functional.pad(feats, (0, 0, 0, U - feats.shape[0]))
 
 
@@ -145,7 +193,7 @@ class Text2SQL(nn.Module):
                  turn_size: int = 300, max_turn: int = 5, dropout: float = 0.1,
                  unit_mask: bool = False, utterance_rnn: bool = False, previous_utterances: int = 0,
                  joint_layers: int = 0, previous_tables: bool = False, unit_types: bool = False,
-                 query_tables: bool = False):
+                 query_tables: bool = False, link_bonus: bool = False):
         super().__init__()
         H = encoder.hidden_size
         self.vocab = vocab
@@ -159,7 +207,8 @@ class Text2SQL(nn.Module):
         self.prev_encoder = PreviousQueryEncoder(H, decoder_size)
         self.decoder = Decoder(H, decoder_size, len(vocab), state_size=2 * turn_size,
                                prev_size=self.prev_encoder.out_size, dropout=dropout,
-                               query_tables=query_tables)
+                               query_tables=query_tables,
+                               link_features=N_POINTER_LINKS if link_bonus else 0)
         self.drop = nn.Dropout(dropout)
         # utterance-level mask: which DB units this turn can be about (trained on the gold's units)
         self.relevance = nn.Linear(H, 1) if unit_mask else None
@@ -367,7 +416,17 @@ class Text2SQL(nn.Module):
         if self.needs_unit_tables():
             ctx["unit_tables"] = self.unit_tables([ex for ex in examples for _ in range(len(ex))],
                                                   units.shape[1], dev)           # [Nt, U]
+        if self.decoder.link_gate is not None:
+            ctx["unit_links"] = self.pointer_links([(ex, t) for ex in examples for t in range(len(ex))],
+                                                   units.shape[1], units)        # [Nt, U, F]
         return ctx
+
+    def pointer_links(self, turns, U: int, like: torch.Tensor) -> torch.Tensor:
+        """[Nt, U, N_POINTER_LINKS] --link_bonus' features of each (example, turn index); the turn
+        before is out of reach where --max_turn is 1 (the model then reads no history)."""
+        feats = [_pointer_links(ex.words[t], ex.words[t - 1] if t > 0 and self.max_turn > 1 else [],
+                                ex.unit_texts, U) for ex, t in turns]
+        return to_device(torch.stack(feats), like.dtype, like.device)
 
     def needs_unit_tables(self) -> bool:
         return self.prev_table is not None or self.decoder.query_table is not None
@@ -439,7 +498,8 @@ class Text2SQL(nn.Module):
         prev, prev_mask, ids = self.previous(units, prev_ids)
         return DecoderMemory(utt=part["utt"], utt_mask=part["utt_mask"], units=units,
                              unit_mask=self.decoding_mask(part), prev=prev, prev_mask=prev_mask,
-                             prev_ids=ids, unit_tables=part.get("unit_tables"))
+                             prev_ids=ids, unit_tables=part.get("unit_tables"),
+                             unit_links=part.get("unit_links"))
 
     def previous_table_flags(self, unit_tables: torch.Tensor, prev_ids: list[list[int]]) -> torch.Tensor:
         """unit_tables [Nt, U], each turn's previous SQL (joint ids) -> [Nt, U] float: 1 where the
@@ -540,6 +600,8 @@ class Text2SQL(nn.Module):
                 ctx = {"utt": tokens, "utt_mask": tok_mask, "units": units, "unit_mask": unit_mask}
                 if self.needs_unit_tables():
                     ctx["unit_tables"] = self.unit_tables([ex], units.shape[1], units.device)
+                if self.decoder.link_gate is not None:
+                    ctx["unit_links"] = self.pointer_links([(ex, t)], units.shape[1], units)
                 prev = ex.targets[t - 1][:-1] if t > 0 and self.max_turn > 1 else []
                 mem = self.memory(ctx, [prev])
                 tgt, mask = pad_ids([ex.targets[t]], utt.device)                  # [1, L]
