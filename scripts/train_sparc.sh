@@ -21,8 +21,11 @@
 # thread, plus 20 to fill the cache the first time); with CUDA it is fine-tuned in bf16
 # (--device cuda --amp --lr_bert 1e-5, not yet run). On CPU, extra flags with --tune_top_layers N
 # fine-tune BERT's top N layers instead of freezing it all (their own --lr_bert). On a CPU with bf16
-# units (AVX512-BF16, AMX), an extra --amp trains about 1.2x faster per epoch; its one run so far
-# (seed 3) matched the float32 re-run within the seed spread (docs/experiments.md, twelfth session).
+# units (AVX512-BF16, AMX; oneDNN says so) the run adds --amp: about 1.2x faster per epoch, and its
+# two seeds (3 and 4) averaged 89.18 token / 47.92 string / 41.15 question / 23.82 interaction match
+# against 88.92 / 47.49 / 40.84 / 22.19 for three float32 runs (docs/experiments.md, thirteenth
+# session). AMP=0 keeps float32 there; other CPUs always train in float32 (autocast would emulate
+# bf16, slower than float32).
 # Re-running the script continues where it stopped: a finished phase is skipped, a stopped one
 # resumed from its last.pt.
 set -euo pipefail
@@ -35,6 +38,10 @@ elif [[ " $* " == *" --tune_top_layers "* ]]; then
   ENCODER=()           # the top layers fine-tuned over the frozen rest (the flag's own freezing)
 else
   ENCODER=(--fix_bert)
+fi
+if [ "${AMP:-1}" != 0 ] && [[ " ${ENCODER[*]} " != *" --amp "* ]] && python -c \
+    "import torch, sys; sys.exit(0 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else 1)" 2>/dev/null; then
+  ENCODER+=(--amp)
 fi
 
 epoch() {   # the epoch the run's last checkpoint is at (0 before it starts)
