@@ -22,9 +22,9 @@
 # (--device cuda --amp --lr_bert 1e-5, not yet run). On CPU, extra flags with --tune_top_layers N
 # fine-tune BERT's top N layers instead of freezing it all (their own --lr_bert). On a CPU with bf16
 # units (AVX512-BF16, AMX; oneDNN says so) the run adds --amp: about 1.2x faster per epoch, and its
-# two seeds (3 and 4) averaged 89.18 token / 47.92 string / 41.15 question / 23.82 interaction match
-# against 88.92 / 47.49 / 40.84 / 22.19 for three float32 runs (docs/experiments.md, thirteenth
-# session). AMP=0 keeps float32 there; other CPUs always train in float32 (autocast would emulate
+# two seeds (3 and 4) averaged 89.18 token / 47.92 string accuracy against 88.92 / 47.49 for the
+# three float32 runs of the recipe with --ema, decoded figures within the seed spread
+# (docs/experiments.md, thirteenth session). AMP=0 keeps float32 there; other CPUs always train in float32 (autocast would emulate
 # bf16, slower than float32).
 # Re-running the script continues where it stopped: a finished phase is skipped, a stopped one
 # resumed from its last.pt.
