@@ -42,18 +42,6 @@ def quiet(*a, **k):
     pass
 
 
-def has_bf16(device: str) -> bool:
-    """Whether --amp can be fast here: a GPU, or a CPU whose oneDNN has bf16 kernels (on other
-    CPUs autocast emulates bf16 and is slower than float32, so the rows are left out)."""
-    import torch
-    if device.startswith("cuda"):
-        return True
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
 def trainer(fix_bert: bool, run_root: str, cache: str, device: str = "cpu", amp: bool = False, data=None,
             **extra):
     from text2sql.config import TrainConfig
@@ -154,7 +142,8 @@ def main(argv=None):
     # forces PyTorch's unfused attention kernel, hence the row without it
     modes = [("finetune", False, {}), ("finetune_att0", False, {"bert_attention_dropout": 0.0}),
              ("fix_bert", True, {})]
-    amp_ok = has_bf16(args.device)
+    from text2sql.tensors import has_bf16
+    amp_ok = has_bf16(args.device)    # elsewhere autocast emulates bf16, slower: the rows are left out
     fig["bf16_units"] = amp_ok
     if amp_ok:
         modes += [("finetune_amp", False, {"amp": True}),

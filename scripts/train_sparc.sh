@@ -24,8 +24,8 @@
 # units (AVX512-BF16, AMX; oneDNN says so) the run adds --amp: about 1.2x faster per epoch, and its
 # two seeds (3 and 4) averaged 89.18 token / 47.92 string accuracy against 88.92 / 47.49 for the
 # three float32 runs of the recipe with --ema, decoded figures within the seed spread
-# (docs/experiments.md, thirteenth session). AMP=0 keeps float32 there; other CPUs always train in float32 (autocast would emulate
-# bf16, slower than float32).
+# (docs/experiments.md, thirteenth session). AMP=0 keeps float32 there; other CPUs always train in
+# float32 (autocast would emulate bf16, slower than float32).
 # Re-running the script continues where it stopped: a finished phase is skipped, a stopped one
 # resumed from its last.pt.
 set -euo pipefail
@@ -40,7 +40,7 @@ else
   ENCODER=(--fix_bert)
 fi
 if [ "${AMP:-1}" != 0 ] && [[ " ${ENCODER[*]} " != *" --amp "* ]] && python -c \
-    "import torch, sys; sys.exit(0 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else 1)" 2>/dev/null; then
+    "import sys; from text2sql.tensors import has_bf16; sys.exit(0 if has_bf16('cpu') else 1)"; then
   ENCODER+=(--amp)
 fi
 

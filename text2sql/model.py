@@ -82,25 +82,38 @@ def _singular(w: str) -> str:
     return w
 
 
+def _name_words(text: str, norm) -> tuple[list[str], list[str]]:
+    """A unit's text ("table . column", "table *" or "table") -> the normalised words of its
+    column's name (none for a table or its star) and of its table's name."""
+    table, _, column = text.partition(" . ")
+    return [norm(t) for t in column.split()], [norm(t) for t in table.replace(" *", "").split()]
+
+
+def _memo(cache: dict, key, compute):
+    """cache[key], computed on a miss; the cache is emptied when it passes 100,000 entries."""
+    hit = cache.get(key)
+    if hit is None:
+        if len(cache) > 100000:
+            cache.clear()
+        hit = cache[key] = compute()
+    return hit
+
+
 _LINK_CACHE: dict = {}
 
 
 def _link(words: list[str], unit_texts: list[str], U: int) -> torch.Tensor:
     """[U, 2] link features of one turn (rows past ``len(unit_texts)`` are padding)."""
-    key = (tuple(words), tuple(unit_texts))
-    feats = _LINK_CACHE.get(key)
-    if feats is None:
+    def compute():
         said = {_stem(w) for w in words}
         feats = torch.zeros(len(unit_texts), 2)
         for j, text in enumerate(unit_texts):
-            table, _, column = text.partition(" . ")
-            for k, part in enumerate((table.replace(" *", ""), column)):
-                toks = [_stem(t) for t in part.split()]
+            column, table = _name_words(text, _stem)
+            for k, toks in enumerate((table, column)):
                 if toks:
                     feats[j, k] = sum(t in said for t in toks) / len(toks)
-        if len(_LINK_CACHE) > 100000:
-            _LINK_CACHE.clear()
-        _LINK_CACHE[key] = feats
+        return feats
+    feats = _memo(_LINK_CACHE, (tuple(words), tuple(unit_texts)), compute)
     return torch.nn.functional.pad(feats, (0, 0, 0, U - feats.shape[0]))
 
 
@@ -118,23 +131,18 @@ def _pointer_links(words: list[str], prev_words: list[str], unit_texts: list[str
     column's and its table's name words in this turn's words, whether each name occurs there as a
     whole phrase, and the two shares in the turn before's words (rows past ``len(unit_texts)``
     are padding)."""
-    key = (tuple(words), tuple(prev_words), tuple(unit_texts))
-    feats = _POINTER_CACHE.get(key)
-    if feats is None:
+    def compute():
         now = [_singular(w) for w in words]
         now_set, before = set(now), {_singular(w) for w in prev_words}
         feats = torch.zeros(len(unit_texts), N_POINTER_LINKS)
         for j, text in enumerate(unit_texts):
-            table, _, column = text.partition(" . ")
-            for k, part in enumerate((column, table.replace(" *", ""))):
-                toks = [_singular(t) for t in part.split()]
+            for k, toks in enumerate(_name_words(text, _singular)):
                 if toks:
                     feats[j, k] = sum(t in now_set for t in toks) / len(toks)
                     feats[j, 2 + k] = float(_phrase_in(toks, now))
                     feats[j, 4 + k] = sum(t in before for t in toks) / len(toks)
-        if len(_POINTER_CACHE) > 100000:
-            _POINTER_CACHE.clear()
-        _POINTER_CACHE[key] = feats
+        return feats
+    feats = _memo(_POINTER_CACHE, (tuple(words), tuple(prev_words), tuple(unit_texts)), compute)
     return torch.nn.functional.pad(feats, (0, 0, 0, U - feats.shape[0]))
 
 
