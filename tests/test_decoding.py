@@ -119,6 +119,51 @@ def test_beam_of_one_is_greedy_and_beam_scores_no_worse(trained):
     assert (score(b) >= score(g) - 1e-4).all()
 
 
+def test_turn_beam_keeps_the_history_whose_follow_ups_score_best(concert_data, tmp_path, monkeypatch):
+    """A scripted beam: a first turn offers A (log-prob -1) and B (-2); the next turn, read against
+    A, scores at best -5, against B -0.5. Turn by turn the parser keeps A; a turn beam of 2 keeps B
+    (-2.5 in all against -6). Each decoded turn's memory holds its own history's previous query."""
+    from text2sql import decoding
+    tr = Trainer(cfg_for(concert_data, tmp_path, fix_bert=True), log=quiet, progress=False)
+    model = tr.model.eval()
+    ex = [e for e in tr.train_ex if len(e) >= 3][:2]
+    assert len(ex) == 2
+    K = len(model.vocab)
+    A, B, C, D = [K], [K + 1], [K + 2], [K + 3]          # units 0-3 of the schema, as one-token queries
+    read = []
+
+    def scripted(decoder, turn_state, mem, vocab, grammar, beam, max_len, length_penalty):
+        prevs = [ids[m].tolist() for ids, m in zip(mem[0].prev_ids, mem[0].prev_mask)]
+        read.append(prevs)
+        table = {(): [(-1.0, A), (-2.0, B)], tuple(A): [(-5.0, C)], tuple(B): [(-0.5, D)]}
+        return [table.get(tuple(p), [(-0.1, p)]) for p in prevs]     # later turns repeat their query
+    monkeypatch.setattr(decoding, "beam_candidates", scripted)
+    n = [len(e) for e in ex]
+    assert model.predict(ex, beam=2) == [[A, C] + [C] * (k - 2) for k in n]
+    read.clear()
+    assert model.predict(ex, beam=2, turn_beam=2) == [[B, D] + [D] * (k - 2) for k in n]
+    # the second turn was decoded once per history of each interaction, each against its own query
+    assert read[1] == [A, B, A, B]
+    # a conversation in progress keeps the turns already answered
+    assert model.predict(ex, beam=2, turn_beam=2, known=[[A], []]) == [[A, C] + [C] * (n[0] - 2),
+                                                                       [B, D] + [D] * (n[1] - 2)]
+    with pytest.raises(ValueError, match="beam of at least 3"):
+        model.predict(ex, beam=2, turn_beam=3)
+
+
+def test_turn_beam_on_single_turns_is_beam_search(trained):
+    model, ex = trained.model, trained.train_ex
+    firsts = [Example(db_id=e.db_id, unit_texts=e.unit_texts, words=e.words[:1], targets=[[]],
+                      table_units=e.table_units, unit_tables=e.unit_tables, unit_kinds=e.unit_kinds) for e in ex]
+    for constrained in (False, True):
+        assert model.predict(firsts, beam=3, turn_beam=3, constrained=constrained) == \
+            model.predict(firsts, beam=3, constrained=constrained)
+    # whole interactions, with an ensemble: one query per turn, each a query the grammar allows
+    preds = model.predict(ex, beam=3, turn_beam=2, constrained=True, ensemble=[model])
+    assert [len(p) for p in preds] == [len(e) for e in ex]
+    assert all(ids_to_sql(q, model.vocab, trained.schemas[e.db_id])[2] is None for e, p in zip(ex, preds) for q in p)
+
+
 class _ScriptedSearch:
     """A stand-in decoder for beam search: each row's next-token probabilities depend on its prefix
     alone (tokens: 0 go, 1 end, 2 a, 3 b)."""
@@ -232,6 +277,16 @@ def test_evaluate_command_end_to_end(trained, tmp_path):
                        cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert q.returncode == 0, q.stderr[-800:]
     assert json.loads(q.stdout)["question_match"] == report["question_match"]
+    # the error analysis of that report agrees with it: every wrong turn is placed once, and the
+    # interactions it counts whole are the evaluator's interaction match
+    a = subprocess.run([sys.executable, "-m", "text2sql", "analyse", str(out), "--json"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+    assert a.returncode == 0, a.stderr[-800:]
+    an = json.loads(a.stdout)["reports"][str(out)]
+    assert an["question_match"] == round(report["question_match"], 2)
+    assert an["wrong"] == sum(not r["exact_match"] for r in rows)
+    assert sum(k["count"] for k in an["first_error"].values()) == an["wrong"]
+    assert abs(100.0 * an["first_wrong_turn"]["none"] / an["interactions"] - report["interaction_match"]) < 1e-9
 
 
 def test_ensemble_decodes_the_argmax_of_the_members_mean_distribution(trained, concert_data, tmp_path):

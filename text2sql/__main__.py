@@ -72,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_predict_command(sub)
     add_evaluate_command(sub)
     add_runs_commands(sub)
+    from .analysis import add_analyse_command
+    add_analyse_command(sub)
     return parser
 
 

@@ -292,8 +292,19 @@ def length_norm(n: int, alpha: float) -> float:
 def beam_search(decoder, turn_state, mem: DecoderMemory, vocab: Vocab, grammar: Grammar | None,
                 beam: int = 4, max_len: int = 100, length_penalty: float = 0.0) -> list[list[int]]:
     """Beam search for B turns at once (turn_state [B, S], a memory of B turns) -> the best joint
-    ids of each turn, without the end token. ``decoder``, ``turn_state`` and ``mem`` may be lists
-    of one per model (an ensemble).
+    ids of each turn, without the end token (see ``beam_candidates``)."""
+    return [c[0][1] if c else [] for c in beam_candidates(decoder, turn_state, mem, vocab, grammar, beam,
+                                                            max_len, length_penalty)]
+
+
+@torch.no_grad()
+def beam_candidates(decoder, turn_state, mem: DecoderMemory, vocab: Vocab, grammar: Grammar | None,
+                    beam: int = 4, max_len: int = 100,
+                    length_penalty: float = 0.0) -> list[list[tuple[float, list[int]]]]:
+    """Beam search for B turns at once (turn_state [B, S], a memory of B turns) -> per turn, the
+    queries it finished as (score, joint ids without the end token), best first (a turn that
+    finished none: its best live hypothesis, scored -inf). ``decoder``, ``turn_state`` and ``mem``
+    may be lists of one per model (an ensemble).
 
     All B * beam hypotheses go through each decoder step together, slot ``b * beam + k`` holding
     hypothesis k of turn b (an empty slot scores -inf). Per turn, hypotheses are ranked by their
@@ -361,7 +372,9 @@ def beam_search(decoder, turn_state, mem: DecoderMemory, vocab: Vocab, grammar: 
         scores = to_device(new_scores, scores.dtype, dev)
         tok = to_device(toks, torch.long, dev)
         carry = search.choose(carry, idx, tok)
-    return [max(f, key=lambda x: x[0])[1] if f else (s[0] if s else []) for f, s in zip(finished, seqs)]
+    # a stable sort: among equal scores the first finished leads, as max() picked it
+    return [sorted(f, key=lambda x: -x[0]) if f else [(float("-inf"), s[0] if s else [])]
+            for f, s in zip(finished, seqs)]
 
 
 def ids_to_sql(ids: list[int], vocab: Vocab, schema: Schema) -> tuple[str, list[str], str | None]:

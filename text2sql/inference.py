@@ -14,7 +14,7 @@ import os
 import sqlite3
 import sys
 
-from .errors import DataError
+from .errors import ConfigError, DataError
 from .schema import Schema, connect_readonly, load_tables
 
 
@@ -192,6 +192,10 @@ def _evaluate_run(args) -> dict:
     from .decoding import ids_to_sql
     from .evaluation import evaluate_files, exact_match, write_gold, write_predictions
     from .train import evaluate as teacher_forced, load_run, make_examples
+    if args.turn_beam > 1 and (args.beam < args.turn_beam or args.use_gold_previous):
+        raise ConfigError(f"--turn_beam {args.turn_beam} needs --beam {args.turn_beam} or more, and "
+                          "predicted previous queries (not --use_gold_previous): it keeps the best "
+                          "queries of each turn's beam as the histories the next turn reads")
     model, cfg, vocab = load_run(args.run, device=args.device, raw=args.raw_weights)
     model.eval()
     ensemble = load_ensemble(args, cfg, vocab)
@@ -202,7 +206,7 @@ def _evaluate_run(args) -> dict:
     for i in range(0, len(examples), args.batch_size):
         preds += model.predict(examples[i:i + args.batch_size], use_gold_previous=args.use_gold_previous,
                                beam=args.beam, constrained=not args.no_constraints, ensemble=ensemble,
-                               length_penalty=args.length_penalty)
+                               length_penalty=args.length_penalty, turn_beam=args.turn_beam)
     out_dir = args.out or args.run
     os.makedirs(out_dir, exist_ok=True)     # --out may name a folder that does not exist yet
     gold_path = os.path.join(out_dir, f"gold_{args.split}.txt")
@@ -234,7 +238,7 @@ def _evaluate_run(args) -> dict:
     report = evaluate_files(gold_path, pred_path, tables_path(data, cfg.tables),
                             db_dir if os.path.isdir(db_dir) else None)
     report["teacher_forced"] = tf
-    report["decoding"] = {"beam": args.beam, "length_penalty": args.length_penalty,
+    report["decoding"] = {"beam": args.beam, "length_penalty": args.length_penalty, "turn_beam": args.turn_beam,
                           "constrained": not args.no_constraints,
                           "use_gold_previous": args.use_gold_previous, "split": args.split,
                           "ensemble": [args.run, *args.ensemble] if args.ensemble else None,
@@ -298,6 +302,11 @@ def add_evaluate_command(sub):
                    help="dev: what the run validates on; train: its training data")
     p.add_argument("--beam", type=int, default=1)
     p.add_argument("--length_penalty", type=float, default=0.0, metavar="ALPHA", help=LENGTH_PENALTY_HELP)
+    p.add_argument("--turn_beam", type=int, default=1, metavar="K",
+                   help="a beam over whole interactions: keep each interaction's K best histories "
+                        "(predicted queries so far, ranked by their summed beam scores), decode each "
+                        "next turn against each history's last query, and keep the K best extensions "
+                        "(needs --beam K or more; default 1: each turn keeps only its best query)")
     p.add_argument("--no_constraints", action="store_true")
     p.add_argument("--use_gold_previous", action="store_true",
                    help="feed each turn the gold previous query instead of the predicted one")
