@@ -390,6 +390,25 @@ def test_decoded_figures_come_from_evaluate_reports(logdir, capsys):
     assert f"{own['question_match']:.2f} / {own['interaction_match']:.2f}" in line
 
 
+def test_a_turn_beam_report_says_so(logdir, tmp_path, capsys):
+    run = tmp_path / "mt3"
+    shutil.copytree(logdir / "mt3", run)
+    rep = report_file(run, "beam2")
+    assert "turn_beam" in rep["decoding"] and rep["decoding"]["turn_beam"] == 1
+    rep["decoding"]["turn_beam"] = 2
+    (run / "tb").mkdir()
+    (run / "tb" / "eval_dev.json").write_text(json.dumps(rep))
+    del rep["decoding"]["turn_beam"]              # a report from before the option
+    (run / "old").mkdir()
+    (run / "old" / "eval_dev.json").write_text(json.dumps(rep))
+    assert main(["compare", str(run), "--json"]) == 0
+    decoded = {d["path"]: d for d in json.loads(capsys.readouterr().out)["runs"][0]["decoded"]}
+    assert decoded["tb/eval_dev.json"]["turn_beam"] == 2 and decoded["tb/eval_dev.json"]["own"]
+    assert decoded["tb/eval_dev.json"]["described"].startswith("beam 2, turn beam 2")
+    assert decoded["old/eval_dev.json"]["turn_beam"] == 1
+    assert "turn beam" not in decoded["old/eval_dev.json"]["described"]
+
+
 def test_compare_judges_decoded_figures_against_editsql(logdir, tmp_path, capsys):
     run = tmp_path / "mt3"
     shutil.copytree(logdir / "mt3", run)

@@ -176,6 +176,7 @@ class Report:
     epoch: int | None              # the checkpoint's epoch, where the report names it
     stale: bool                    # best.pt was rewritten after the report: it is of older weights
     raw_weights: bool = False      # a run trained with --ema, decoded with its raw weights (an ablation)
+    turn_beam: int = 1             # histories kept per interaction (evaluate --turn_beam)
 
     @property
     def own(self) -> bool:
@@ -188,6 +189,8 @@ class Report:
         parts = ["greedy" if (self.beam or 1) <= 1 else f"beam {self.beam}"]
         if self.length_penalty and (self.beam or 1) > 1:
             parts.append(f"length penalty {self.length_penalty:g}")
+        if self.turn_beam > 1:
+            parts.append(f"turn beam {self.turn_beam}")
         if self.gold_previous:
             parts.append("gold previous")
         if self.raw_weights:
@@ -250,7 +253,8 @@ def read_reports(path: str, problems: list, best_epoch: int | None = None) -> li
                           gold_previous=bool(dec.get("use_gold_previous")),
                           split=str(dec.get("split") or "dev"),
                           ensemble=len(members) if isinstance(members, list) and members else 1,
-                          epoch=epoch, stale=stale, raw_weights=ckpt.get("weights") == "raw"))
+                          epoch=epoch, stale=stale, raw_weights=ckpt.get("weights") == "raw",
+                          turn_beam=dec["turn_beam"] if isinstance(dec.get("turn_beam"), int) else 1))
     return out
 
 
