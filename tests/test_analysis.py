@@ -130,3 +130,20 @@ def test_analyse_command(tmp_path):
     q = subprocess.run([sys.executable, "-m", "text2sql", "analyse", str(tmp_path / "none")],
                        cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert q.returncode == 2 and q.stderr.startswith("error: ") and len(q.stderr.strip().splitlines()) == 1
+
+
+def test_a_gold_previous_report_keeps_units_from_the_gold_previous_query(tmp_path):
+    from text2sql.analysis import reads_gold_previous
+    # turn 1: gold singer.age, predicted stadium.name; turn 2: gold singer.name, predicted singer.age
+    rows = [row(0, 0, "select stadium.name".split(), "select singer.age".split()),
+            row(0, 1, "select singer.age".split(), Q1)]
+    own = analyse(rows)["first_error"]["unit for unit"]["details"]
+    gold = analyse(rows, gold_previous=True)["first_error"]["unit for unit"]["details"]
+    # read against its own prediction (stadium.name), singer.age is just the same table as the gold;
+    # read against the gold previous query (singer.age), it was kept from it
+    assert own == {"other table": 1, "same table": 1}
+    assert gold == {"other table": 1, "kept from the previous query": 1}
+    (tmp_path / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert not reads_gold_previous(str(tmp_path))
+    (tmp_path / "eval_dev.json").write_text(json.dumps({"decoding": {"use_gold_previous": True}}))
+    assert reads_gold_previous(str(tmp_path)) and reads_gold_previous(str(tmp_path / "predictions.jsonl"))

@@ -46,6 +46,21 @@ def load_report(path: str) -> list[dict]:
     return rows
 
 
+def reads_gold_previous(path: str) -> bool:
+    """Whether the report's turns were decoded against the gold previous queries (``evaluate
+    --use_gold_previous``), as the eval_*.json beside its predictions says."""
+    folder = path if os.path.isdir(path) else os.path.dirname(path)
+    for name in sorted(os.listdir(folder or ".")):
+        if name.startswith("eval_") and name.endswith(".json"):
+            try:
+                with open(os.path.join(folder, name), encoding="utf-8") as f:
+                    dec = json.load(f).get("decoding") or {}
+            except (OSError, ValueError, AttributeError):
+                continue
+            return bool(dec.get("use_gold_previous"))
+    return False
+
+
 def token_kind(tok: str) -> str:
     """keyword (the SQL grammar's tokens), value (a literal) or unit (a table or column)."""
     if tok in KEYWORDS:
@@ -113,8 +128,11 @@ def _first_wrong_turns(rows: list[dict], right: list[bool]) -> Counter:
     return out
 
 
-def analyse(rows: list[dict], examples: int = 0) -> dict:
-    """One report's rows -> its counts, a JSON-able dict (``examples`` wrong turns kept per kind)."""
+def analyse(rows: list[dict], examples: int = 0, gold_previous: bool = False) -> dict:
+    """One report's rows -> its counts, a JSON-able dict (``examples`` wrong turns kept per kind).
+    ``gold_previous``: each turn was decoded against the gold previous query, which is then the
+    query a kept unit comes from."""
+    read_key = "gold_tokens" if gold_previous else "tokens"
     prev = _previous(rows)
     right = [bool(r["exact_match"]) for r in rows]
     same = [r["tokens"] == r["gold_tokens"] for r in rows]
@@ -123,7 +141,7 @@ def analyse(rows: list[dict], examples: int = 0) -> dict:
     kinds, details, shown, cascaded = Counter(), {}, {}, Counter()
     for i in wrong:
         r, p = rows[i], prev[i]
-        err = first_error(r["tokens"], r["gold_tokens"], None if p is None else rows[p]["tokens"])
+        err = first_error(r["tokens"], r["gold_tokens"], None if p is None else rows[p][read_key])
         if err is None:          # the tokens are right and the query is not (a value, a restored FROM)
             err = {"kind": "tokens right", "detail": None}
         kinds[err["kind"]] += 1
@@ -146,7 +164,7 @@ def analyse(rows: list[dict], examples: int = 0) -> dict:
                       for i in wrong)
     n = len(rows)
     return {
-        "turns": n, "interactions": sum(first_wrong.values()),
+        "turns": n, "interactions": sum(first_wrong.values()), "gold_previous": gold_previous,
         "question_match": _pct(sum(right), n), "string_match": _pct(sum(same), n),
         "matched_with_other_tokens": sum(1 for ok, s in zip(right, same) if ok and not s),
         "wrong": len(wrong),
@@ -217,7 +235,7 @@ def format_analysis(name: str, a: dict, top: int = 5) -> str:
             lines.append(f"        predicted {x['predicted']}")
     c = a["context"]
     fmt = lambda v: "-" if v is None else f"{v:.2f}"   # noqa: E731
-    lines += ["follow-ups (each decoded against its own previous prediction):",
+    lines += [f"follow-ups (each decoded against {'the gold previous query' if a['gold_previous'] else 'its own previous prediction'}):",
               f"  after a matched turn: {c['after_matched']['turns']} turns, question match "
               f"{fmt(c['after_matched']['question_match'])}",
               f"  after a wrong turn:   {c['after_wrong']['turns']} turns, question match "
@@ -240,7 +258,8 @@ def format_agreement(g: dict) -> str:
 
 def run_analyse(args) -> int:
     reports = {path: load_report(path) for path in args.reports}
-    out = {"reports": {path: analyse(rows, args.examples) for path, rows in reports.items()}}
+    out = {"reports": {path: analyse(rows, args.examples, reads_gold_previous(path))
+                       for path, rows in reports.items()}}
     if len(reports) > 1:
         out["agreement"] = agreement(reports)
     if args.json:
