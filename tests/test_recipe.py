@@ -1,5 +1,5 @@
 """scripts/train_sparc.sh, the shipped SParC recipe, end to end on the shipped tiny data with a tiny
-random BERT: both learning-rate phases, the beam-4 evaluation, and a re-run that trains nothing."""
+random BERT: both learning-rate phases, the two beam-4 evaluations, and a re-run that trains nothing."""
 import json
 import os
 import subprocess
@@ -31,6 +31,8 @@ def test_train_sparc_recipe_runs_both_phases_and_resumes(tmp_path):
     assert len([l for l in open(run / "metrics.jsonl") if '"valid_raw"' in l]) == 16
     report = json.load(open(run / "beam4" / "eval_dev.json"))
     assert report["decoding"]["beam"] == 4 and report["questions"] == 44
+    turns = json.load(open(run / "beam4_turn2" / "eval_dev.json"))["decoding"]
+    assert (turns["beam"], turns["turn_beam"]) == (4, 2)
     # again: both phases are done, so only the evaluation runs
     p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-1500:]
