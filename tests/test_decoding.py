@@ -194,11 +194,13 @@ def test_length_penalty_lets_a_longer_query_beat_a_shorter_one(monkeypatch):
     vocab = SimpleNamespace(go=0, eos=1)
     # ending at once: log 0.5 = -0.69; "a b": log 0.5 + log 0.9 + log 0.95 = -0.85, but over
     # ((5 + 3) / 6) ** 1 it is -0.64 against the short one's -0.69 / 1
-    assert decoding.beam_search(None, None, None, vocab, None, beam=3) == [[], []]
-    assert decoding.beam_search(None, None, None, vocab, None, beam=3, length_penalty=1.0) == [[2, 3], [2, 3]]
+    def best(**kw):                    # each turn's best finished query
+        return [c[0][1] for c in decoding.beam_candidates(None, None, None, vocab, None, **kw)]
+    assert best(beam=3) == [[], []]
+    assert best(beam=3, length_penalty=1.0) == [[2, 3], [2, 3]]
     assert decoding.length_norm(3, 1.0) == 8 / 6 and decoding.length_norm(7, 0.0) == 1.0
     # a weak penalty does not overturn the sum: -0.85 / (8 / 6) ** 0.1 = -0.83 < -0.69
-    assert decoding.beam_search(None, None, None, vocab, None, beam=3, length_penalty=0.1) == [[], []]
+    assert best(beam=3, length_penalty=0.1) == [[], []]
 
 
 def test_constrained_output_is_well_formed_even_untrained(concert_data, tmp_path):

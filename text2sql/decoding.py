@@ -289,15 +289,6 @@ def length_norm(n: int, alpha: float) -> float:
 
 
 @torch.no_grad()
-def beam_search(decoder, turn_state, mem: DecoderMemory, vocab: Vocab, grammar: Grammar | None,
-                beam: int = 4, max_len: int = 100, length_penalty: float = 0.0) -> list[list[int]]:
-    """Beam search for B turns at once (turn_state [B, S], a memory of B turns) -> the best joint
-    ids of each turn, without the end token (see ``beam_candidates``)."""
-    return [c[0][1] if c else [] for c in beam_candidates(decoder, turn_state, mem, vocab, grammar, beam,
-                                                            max_len, length_penalty)]
-
-
-@torch.no_grad()
 def beam_candidates(decoder, turn_state, mem: DecoderMemory, vocab: Vocab, grammar: Grammar | None,
                     beam: int = 4, max_len: int = 100,
                     length_penalty: float = 0.0) -> list[list[tuple[float, list[int]]]]:

@@ -654,76 +654,54 @@ class Text2SQL(nn.Module):
         progress): those turns are not decoded again. ``ensemble``: other models on the same
         vocabulary; each step then decodes from the mean of all the models' distributions, and
         every model reads the ensemble's previous prediction. ``length_penalty``: beam search ranks
-        finished queries by GNMT's length-normalised score (``decoding.beam_search``).
-        ``turn_beam`` K > 1: a beam over whole interactions rather than one turn at a time (see
-        ``_predict_histories``; needs ``beam`` >= K).
+        finished queries by GNMT's length-normalised score (``decoding.beam_candidates``).
+        ``turn_beam`` K > 1: a beam over whole interactions rather than one turn at a time. Each
+        interaction keeps its K best histories (its turns' queries so far, scored by the sum of
+        their beam-search scores); each history's next turn is decoded against that history's own
+        last query, its K best queries extend it, and the K best extensions go on (needs ``beam``
+        >= K and predicted previous queries). A follow-up reads its previous prediction, so a
+        wrong query spoils the next turns (after a wrong turn the recipe matches about 1 turn in
+        8, after a right one 1 in 2). K = 1 is plain turn-by-turn decoding.
         Returns per interaction, per turn, joint ids without the end token."""
-        from .decoding import Grammar, beam_search, greedy
+        from .decoding import Grammar, beam_candidates, greedy
         models = [self, *ensemble]
         for m in ensemble:
             if m.vocab.tokens != self.vocab.tokens:
                 raise ValueError("an ensemble's models must share one vocabulary (runs trained on the "
                                  "same data with the same target style)")
+        if turn_beam > 1 and (use_gold_previous or beam < turn_beam):
+            raise ValueError(f"a turn beam of {turn_beam} needs a beam of at least {turn_beam} and "
+                             "each turn reading the predicted previous query")
         grammar = Grammar(self.vocab, from_less=self.from_less) if constrained else None
         tables = [ex.table_units for ex in examples]
         ctxs = [m.contextualise(examples) for m in models]
         ctx = ctxs[0]
         starts = turn_starts(examples)
-        preds = [[None] * len(ex) for ex in examples]
-        for i, k in enumerate(known or []):
-            preds[i][:len(k)] = k
-        if turn_beam > 1:
-            if use_gold_previous or beam < turn_beam:
-                raise ValueError(f"a turn beam of {turn_beam} needs a beam of at least {turn_beam} and "
-                                 "each turn reading the predicted previous query")
-            return self._predict_histories(examples, models, ctxs, grammar, tables, preds, beam, turn_beam,
-                                           max_len, length_penalty)
+        # per interaction, its histories: (score, the queries of its turns so far); known turns (a
+        # conversation in progress) begin its one history, as they were answered, and are not
+        # decoded again
+        known = list(known or [])
+        hyps = [[(0.0, list(known[i]) if i < len(known) else [])] for i in range(len(examples))]
+        n_known = [len(h[0][1]) for h in hyps]
+        if beam <= 1:
+            def search(*args):             # greedy's one query per turn, as a list of candidates
+                return [[(0.0, s)] for s in greedy(*args, max_len=max_len)]
+        else:
+            search = functools.partial(beam_candidates, beam=beam, max_len=max_len,
+                                       length_penalty=length_penalty)
         for t in range(max(len(ex) for ex in examples)):
-            live = [i for i, ex in enumerate(examples) if len(ex) > t and preds[i][t] is None]
-            if not live:
-                continue
-            rows = to_device([starts[i] + t for i in live], torch.long, ctx["utt"].device)
-            prev = [examples[i].targets[t - 1][:-1] if use_gold_previous else preds[i][t - 1]
-                    for i in live] if t > 0 else [[] for _ in live]
-            mems = [m.memory(c, prev if m.max_turn > 1 else [[] for _ in live], rows)
-                    for m, c in zip(models, ctxs)]
-            if grammar is not None:
-                grammar.tables = [tables[i] for i in live]
-            search = greedy if beam <= 1 else functools.partial(beam_search, beam=beam,
-                                                                length_penalty=length_penalty)
-            seqs = search([m.decoder for m in models], [c["state"][rows] for c in ctxs], mems,
-                          self.vocab, grammar, max_len=max_len)
-            for k, i in enumerate(live):
-                preds[i][t] = seqs[k]
-        return preds
-
-    def _predict_histories(self, examples, models, ctxs, grammar, tables, preds, beam, turn_beam,
-                           max_len, length_penalty):
-        """A beam over interactions: each keeps its ``turn_beam`` K best histories (its turns'
-        queries so far, scored by the sum of their beam-search scores). A follow-up reads its
-        previous prediction, so a wrong query spoils the next turns (after a wrong turn the recipe
-        matches about 1 turn in 8, after a right one 1 in 2); here each history's next turn is
-        decoded against that history's own last query, its K best queries extend it, and the K
-        best extensions per interaction go on."""
-        from .decoding import beam_candidates
-        ctx = ctxs[0]
-        starts = turn_starts(examples)
-        # known turns (a conversation in progress) begin every history, as they were answered
-        hyps = [[(0.0, [p for p in ps if p is not None])] for ps in preds]
-        for t in range(max(len(ex) for ex in examples)):
-            live = [(i, h) for i, ex in enumerate(examples) if len(ex) > t and preds[i][t] is None
-                    for h in hyps[i]]
+            live = [(i, h) for i, ex in enumerate(examples) if len(ex) > t and t >= n_known[i] for h in hyps[i]]
             if not live:
                 continue
             rows = to_device([starts[i] + t for i, _ in live], torch.long, ctx["utt"].device)
-            prev = [h[1][t - 1] if t > 0 else [] for _, h in live]
+            prev = [examples[i].targets[t - 1][:-1] if use_gold_previous else h[1][t - 1]
+                    for i, h in live] if t > 0 else [[] for _ in live]
             mems = [m.memory(c, prev if m.max_turn > 1 else [[] for _ in live], rows)
                     for m, c in zip(models, ctxs)]
             if grammar is not None:
                 grammar.tables = [tables[i] for i, _ in live]
-            cands = beam_candidates([m.decoder for m in models], [c["state"][rows] for c in ctxs], mems,
-                                    self.vocab, grammar, beam=beam, max_len=max_len,
-                                    length_penalty=length_penalty)
+            cands = search([m.decoder for m in models], [c["state"][rows] for c in ctxs], mems,
+                           self.vocab, grammar)
             grown = {}
             for (i, (score, hist)), cs in zip(live, cands):
                 grown.setdefault(i, []).extend((score + s, hist + [ids]) for s, ids in cs[:turn_beam])
