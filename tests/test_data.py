@@ -119,6 +119,8 @@ def test_shared_sparc_dev_check():
     assert (r["interactions"], r["turns"], r["databases"]) == (422, 1203, 20)
     assert r["queries"] == r["tokenized"] == 1203
     assert r["restored"] >= 0.95 * 1203
+    # about a tenth of the targets keep a FROM; fewer when only their tables must restore
+    assert 0 < r["kept_from_tables"] < r["kept_from"] < 0.15 * 1203
     assert r["errors"] == []
     # the stats table reports the same figures
     p = run_cli("data", "stats", "--data", path, "--tables", shared_path("sparc", "tables.json"))

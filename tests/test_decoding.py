@@ -289,6 +289,31 @@ def test_evaluate_command_end_to_end(trained, tmp_path):
     assert an["wrong"] == sum(not r["exact_match"] for r in rows)
     assert sum(k["count"] for k in an["first_error"].values()) == an["wrong"]
     assert abs(100.0 * an["first_wrong_turn"]["none"] / an["interactions"] - report["interaction_match"]) < 1e-9
+    # the strict figures count the rows' strict matches
+    assert report["metric"] == "official"
+    assert abs(report["strict"]["question_match"] - 100.0 * sum(r["strict_match"] for r in rows) / len(rows)) < 1e-9
+    # --rescore: a report of an older metric (figures and per-turn matches spoiled here, no strict
+    # block) is scored again from the files beside it; teacher-forced figures and settings stay
+    path = out / "eval_train.json"
+    old = json.loads(path.read_text())
+    spoiled = {k: v for k, v in old.items() if k not in ("strict", "metric")}
+    spoiled["question_match"] = spoiled["interaction_match"] = -1.0
+    path.write_text(json.dumps(spoiled))
+    (out / "predictions.jsonl").write_text("".join(json.dumps({**r, "exact_match": not r["exact_match"]}) + "\n"
+                                                   for r in rows))
+    r = subprocess.run([sys.executable, "-m", "text2sql", "evaluate", "--rescore", str(out), "--json"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-800:]
+    line = json.loads(r.stdout)
+    assert line["before"]["question_match"] == -1.0 and line["question_match"] == report["question_match"]
+    again = json.loads(path.read_text())
+    for key in ("question_match", "interaction_match", "strict", "metric", "teacher_forced", "decoding", "by_turn"):
+        assert again[key] == report[key], key
+    assert [json.loads(l) for l in open(out / "predictions.jsonl")] == rows
+    # a folder without a report is refused in one line, naming it
+    r = subprocess.run([sys.executable, "-m", "text2sql", "evaluate", "--rescore", str(tmp_path)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0 and str(tmp_path) in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
 def test_ensemble_decodes_the_argmax_of_the_members_mean_distribution(trained, concert_data, tmp_path):

@@ -21,9 +21,7 @@ JOIN = ("SELECT T1.name FROM singer AS T1 JOIN singer_in_concert AS T2 ON T1.sin
     (JOIN, "SELECT T2.name FROM singer_in_concert AS T1 JOIN singer AS T2 ON T2.singer_id = T1.singer_id "
            "WHERE T2.country = 'x' AND T2.age > 1"),
     ("SELECT name FROM singer WHERE age > 30 INTERSECT SELECT name FROM singer WHERE country = 'France'",
-     "SELECT name FROM singer WHERE country = 'France' INTERSECT SELECT name FROM singer WHERE age > 30"),
-    ("SELECT name FROM singer WHERE age > 30 UNION SELECT name FROM stadium",
-     "SELECT name FROM stadium UNION SELECT name FROM singer WHERE age > 30"),
+     "SELECT name FROM singer WHERE age > 1 INTERSECT SELECT name FROM singer AS T WHERE T.country = 'x'"),
     ("SELECT name FROM singer ORDER BY age LIMIT 3", "SELECT name FROM singer ORDER BY age ASC LIMIT 1"),
     ("SELECT name FROM singer WHERE singer_id IN (SELECT singer_id FROM singer_in_concert)",
      "SELECT name FROM singer WHERE singer_id IN (SELECT T.singer_id FROM singer_in_concert AS T)"),
@@ -66,15 +64,53 @@ def test_dropped_join_table_does_not_match(concert_schema):
     assert all(v["f1"] == 1.0 for v in partial_scores(JOIN, pred, concert_schema).values())
 
 
+# ---------------------------------------------------------------- what only the strict metric compares
+@pytest.mark.parametrize("gold,pred,distinct", [
+    # the same tables joined on another column: the official script compares FROM's tables only
+    (JOIN, JOIN.replace("T1.singer_id = T2.singer_id", "T1.singer_id = T2.concert_id"), False),
+    # DISTINCT, of the select list or inside an aggregate (the official DISABLE_DISTINCT)
+    ("SELECT DISTINCT country FROM singer", "SELECT country FROM singer", True),
+    ("SELECT count(DISTINCT country) FROM singer", "SELECT count(country) FROM singer", True),
+    ("SELECT name FROM singer WHERE age > (SELECT avg(DISTINCT age) FROM singer)",
+     "SELECT name FROM singer WHERE age > (SELECT avg(age) FROM singer)", False),
+])
+def test_joins_and_distinct_only_strict(concert_schema, gold, pred, distinct):
+    assert exact_match(gold, pred, concert_schema)
+    assert all(v["f1"] == 1.0 for v in partial_scores(gold, pred, concert_schema).values())
+    assert exact_match(gold, gold, concert_schema, strict=True)
+    assert not exact_match(gold, pred, concert_schema, strict=True)
+    # an outer-block DISTINCT is one of the strict metric's keywords
+    assert (partial_scores(gold, pred, concert_schema, strict=True)["keywords"]["f1"] < 1.0) == distinct
+
+
+@pytest.mark.parametrize("gold,pred", [
+    ("SELECT name FROM singer WHERE age > 30 INTERSECT SELECT name FROM singer WHERE country = 'France'",
+     "SELECT name FROM singer WHERE country = 'France' INTERSECT SELECT name FROM singer WHERE age > 30"),
+    ("SELECT name FROM singer WHERE age > 30 UNION SELECT name FROM stadium",
+     "SELECT name FROM stadium UNION SELECT name FROM singer WHERE age > 30"),
+])
+def test_swapped_set_operation_sides(concert_schema, gold, pred):
+    """The official script compares the left side with the left side; the rows are the same, so
+    the strict metric, which is about meaning, takes INTERSECT's and UNION's sides as unordered."""
+    assert not exact_match(gold, pred, concert_schema)
+    assert exact_match(gold, pred, concert_schema, strict=True)
+    assert partial_scores(gold, pred, concert_schema)["IUEN"]["f1"] < 1.0
+    assert all(v["f1"] == 1.0 for v in partial_scores(gold, pred, concert_schema, strict=True).values())
+
+
 def test_added_limit_does_not_match(concert_schema):
     assert not exact_match("SELECT name FROM singer", "SELECT name FROM singer LIMIT 1", concert_schema)
 
 
 def test_components_structure(concert_schema):
-    c = components(parse_sql(JOIN + " ORDER BY T1.age DESC", concert_schema), concert_schema, fk_map=False)
+    q = parse_sql(JOIN + " ORDER BY T1.age DESC", concert_schema)
+    c = components(q, concert_schema, fk_map=False, strict=True)
     assert c["select"]["items"] == ((None, False, "singer.name"),)
     assert c["from"]["tables"] == ("singer", "singer_in_concert")
     assert c["from"]["joins"] == (("singer.singer_id", "singer_in_concert.singer_id"),)
+    # the official metric compares only the tables of FROM
+    official = components(q, concert_schema, fk_map=False)
+    assert official["from"]["joins"] == () and official["from"]["tables"] == c["from"]["tables"]
     assert c["where"]["conj"] == ("and",)
     assert {cond[1] for cond in c["where"]["conds"]} == {">", "="}
     assert c["order_by"] == ((None, False, "singer.age", "desc"),)
@@ -126,8 +162,9 @@ def test_evaluate_files_by_hand(tmp_path, concert_schema):
     assert r["question_match"] == pytest.approx(80.0)
     assert r["interaction_match"] == pytest.approx(50.0)
     assert r["exec_acc"] is None
-    assert r["by_turn"]["1"] == {"count": 2, "exact": 100.0}
-    assert r["by_turn"]["2"] == {"count": 2, "exact": 50.0}
+    assert r["by_turn"]["1"] == {"count": 2, "exact": 100.0, "strict": 100.0}
+    assert r["by_turn"]["2"] == {"count": 2, "exact": 50.0, "strict": 50.0}
+    assert r["metric"] == "official" and r["strict"] == {"question_match": 80.0, "interaction_match": 50.0}
     assert r["by_hardness"]["all"]["count"] == 5
     assert sum(r["by_hardness"][h]["count"] for h in ("easy", "medium", "hard", "extra")) == 5
     assert r["unparsable"] == []
@@ -143,6 +180,19 @@ def test_evaluate_files_by_hand(tmp_path, concert_schema):
     u = r["unparsable"][0]
     assert (u["interaction"], u["turn"], u["sql"]) == (0, 0, "SELECT nonexistent FROM singer")
     assert "nonexistent" in u["reason"]
+
+
+def test_evaluate_files_strict_figures(tmp_path, concert_schema):
+    """A DISTINCT dropped in turn 1 and a join on the wrong column in turn 2: both match under
+    the official metric, neither under the strict one, and so neither interaction does."""
+    gold = [["SELECT DISTINCT country FROM singer", "SELECT name FROM singer WHERE age > 30"], [JOIN]]
+    preds = [["SELECT country FROM singer", "SELECT name FROM singer WHERE age > 20"],
+             [JOIN.replace("T1.singer_id = T2.singer_id", "T1.singer_id = T2.concert_id")]]
+    r = evaluate_files(*_write(tmp_path, concert_schema, gold, preds))
+    assert (r["question_match"], r["interaction_match"]) == (100.0, 100.0)
+    assert r["strict"] == {"question_match": pytest.approx(100 / 3), "interaction_match": 0.0}
+    assert r["by_turn"]["1"] == {"count": 2, "exact": 100.0, "strict": 0.0}
+    assert r["by_turn"]["2"] == {"count": 1, "exact": 100.0, "strict": 100.0}
 
 
 def test_unparsable_gold_is_listed(tmp_path, concert_schema):

@@ -409,6 +409,28 @@ def test_a_turn_beam_report_says_so(logdir, tmp_path, capsys):
     assert "turn beam" not in decoded["old/eval_dev.json"]["described"]
 
 
+def test_a_report_of_the_older_strict_metric_says_so(logdir, tmp_path, capsys):
+    run = tmp_path / "mt3"
+    shutil.copytree(logdir / "mt3", run)
+    rep = report_file(run, "beam2")
+    assert rep["metric"] == "official"
+    del rep["metric"], rep["strict"]             # a report from before the official metric
+    (run / "beam2" / "eval_dev.json").write_text(json.dumps(rep))
+    assert main(["compare", str(run), "--json"]) == 0
+    decoded = {d["path"]: d for d in json.loads(capsys.readouterr().out)["runs"][0]["decoded"]}
+    assert decoded["beam2/eval_dev.json"]["metric"] == "strict"
+    assert decoded["beam2/eval_dev.json"]["described"].startswith("beam 2, @") and "strict metric" in \
+        decoded["beam2/eval_dev.json"]["described"]
+    assert decoded["greedy/eval_dev.json"]["metric"] == "official"
+    assert "metric" not in decoded["greedy/eval_dev.json"]["described"]
+    # evaluate --rescore brings it to the official metric
+    assert main(["evaluate", "--rescore", str(run / "beam2")]) == 0
+    capsys.readouterr()
+    assert main(["compare", str(run), "--json"]) == 0
+    decoded = {d["path"]: d for d in json.loads(capsys.readouterr().out)["runs"][0]["decoded"]}
+    assert decoded["beam2/eval_dev.json"]["metric"] == "official"
+
+
 def test_compare_judges_decoded_figures_against_editsql(logdir, tmp_path, capsys):
     run = tmp_path / "mt3"
     shutil.copytree(logdir / "mt3", run)

@@ -75,6 +75,31 @@ def test_self_join_keeps_from(concert_schema):
     assert check_restore(sql, concert_schema, pure=True) is not None
 
 
+def test_keep_from_tables_drops_a_from_that_differs_only_in_its_join(concert_schema):
+    """--keep_from tables: a FROM whose tables restoration rebuilds, joined on other columns, is
+    dropped (the official metric compares tables only); one it would rebuild with other tables is
+    kept, as with --keep_from joins."""
+    from text2sql.evaluation import exact_match
+    from text2sql.train import target_tokens
+    from text2sql.config import TrainConfig
+    from text2sql.data import Interaction, Turn
+    sql = ("SELECT T1.name FROM singer AS T1 JOIN singer_in_concert AS T2 ON T1.singer_id = T2.concert_id "
+           "WHERE T2.concert_id = 1")
+    exact, loose = (tokenize_sql(sql, concert_schema, style) for style in ("nofrom", "nofrom_tables"))
+    assert "from" in exact and "from" not in loose
+    restored = tokens_to_sql(loose, concert_schema)
+    assert exact_match(sql, restored, concert_schema) and not exact_match(sql, restored, concert_schema, strict=True)
+    assert exact_match(sql, tokens_to_sql(exact, concert_schema), concert_schema, strict=True)
+    for kept in ("SELECT T1.name FROM stadium AS T1 JOIN concert AS T2 ON T1.stadium_id = T2.stadium_id",
+                 "SELECT T1.name FROM singer AS T1 JOIN singer AS T2 ON T1.country = T2.country WHERE T2.name = 'Joe'"):
+        assert tokenize_sql(kept, concert_schema, "nofrom_tables") == tokenize_sql(kept, concert_schema, "nofrom")
+        assert "from" in tokenize_sql(kept, concert_schema, "nofrom_tables")
+    # the training targets follow the config
+    inter = Interaction(db_id="concerts", turns=[Turn(utterance="x", query=sql)])
+    for keep, want in (("joins", exact), ("tables", loose)):
+        assert target_tokens(inter, concert_schema, TrainConfig(remove_from=True, keep_from=keep)) == [want]
+
+
 def test_nested_and_set_operations(concert_schema):
     sql = ("SELECT name FROM singer WHERE age > (SELECT avg(age) FROM singer) INTERSECT "
            "SELECT T1.name FROM singer AS T1 JOIN singer_in_concert AS T2 ON T1.singer_id = T2.singer_id "
@@ -143,11 +168,15 @@ def test_whole_sparc_dev_round_trips():
         s = schemas[inter["database_id"]]
         for turn in inter["interaction"]:
             n += 1
-            for style in ("full", "nofrom"):
+            for style in ("full", "nofrom", "nofrom_tables"):
                 t = tokenize_sql(turn["query"], s, style)
                 # restored SQL tokenises back to the same target: nothing lost either way
                 assert tokenize_sql(tokens_to_sql(t, s), s, style) == t, turn["query"]
             assert check_restore(turn["query"], s) is None, turn["query"]
+            loose = parse_sql(tokens_to_sql(tokenize_sql(turn["query"], s, "nofrom_tables"), s), s)
+            gold = parse_sql(turn["query"], s)
+            assert [sorted(b.from_.tables()) for b in loose.blocks()] == \
+                [sorted(b.from_.tables()) for b in gold.blocks()], turn["query"]
             pure += check_restore(turn["query"], s, pure=True) is None
     assert n == 1203
     assert pure / n > 0.85   # what the FK graph alone recovers, for the record

@@ -35,6 +35,11 @@ class TrainConfig:
     tiny_dataset: int = _f(0, "train and validate on the first N training interactions (the overfit check); "
                               "a bare --tiny_dataset means 8", nargs="?", const=8)
     remove_from: bool = _f(False, "FROM-less targets (EditSQL's --remove_from); FROM is restored when decoding")
+    keep_from: str = _f("joins", "with --remove_from, which FROM clauses a target keeps: joins = those that "
+                                 "restoration would rebuild with other tables or other join conditions; "
+                                 "tables = only those it would rebuild with other tables (what the official "
+                                 "metric compares: a restored join may then be on another column)",
+                        choices=["joins", "tables"])
     values: str = _f("placeholder", "literal values in targets: placeholder or literal",
                      choices=["placeholder", "literal"])
     # model

@@ -23,7 +23,7 @@ def check_split(path: str, schemas) -> dict:
     errors = [e.line() for e in split.errors]
     failures = []          # nofrom queries that do not restore, with the reason
     pure_failures = []
-    queries = tokenized = restored = restored_pure = 0
+    queries = tokenized = restored = restored_pure = kept_from = kept_from_tables = 0
     len_full, len_nofrom = [], []
     # interactions the reader rejected still count their turns as queries that failed
     for e in split.errors:
@@ -37,10 +37,13 @@ def check_split(path: str, schemas) -> dict:
                 q = parse_sql(turn.query, schema)
                 full = to_tokens(q, schema, "full")
                 nofrom = to_tokens(q, schema, "nofrom")
+                loose = to_tokens(q, schema, "nofrom_tables")
             except DataError as e:
                 errors.append(e.located(file=path, interaction=inter.index, turn=t).line())
                 continue
             tokenized += 1
+            kept_from += "from" in nofrom
+            kept_from_tables += "from" in loose
             len_full.append(len(full))
             len_nofrom.append(len(nofrom))
             where = f"{path}: interaction {inter.index} turn {t}"
@@ -75,13 +78,16 @@ def check_split(path: str, schemas) -> dict:
         "tokenized": tokenized,
         "restored": restored,
         "restored_pure": restored_pure,
+        "kept_from": kept_from,
+        "kept_from_tables": kept_from_tables,
         "errors": errors,
         "restore_failures": failures,
         "restore_failures_pure": pure_failures,
     }
 
 
-SUM_KEYS = ("interactions", "turns", "queries", "tokenized", "restored", "restored_pure")
+SUM_KEYS = ("interactions", "turns", "queries", "tokenized", "restored", "restored_pure", "kept_from",
+            "kept_from_tables")
 
 
 def check_data(data: str, splits=("train", "dev"), tables: str | None = None) -> dict:
@@ -119,7 +125,9 @@ def format_table(report: dict) -> str:
             ("max_target_len_nofrom", "nofrom target length (max)"),
             ("queries", "gold queries"), ("tokenized", "tokenised"),
             ("restored", "nofrom restored (tables+joins)"),
-            ("restored_pure", "every FROM dropped, restored"), ("errors", "errors")]
+            ("restored_pure", "every FROM dropped, restored"),
+            ("kept_from", "nofrom targets keeping a FROM"),
+            ("kept_from_tables", "  with --keep_from tables"), ("errors", "errors")]
     for key, label in keys:
         row = [label]
         for r in report["splits"].values():

@@ -6,11 +6,20 @@ into a canonical, value-free structure (:func:`components`) and two queries matc
 their structures are equal, with these choices (those of the official evaluation with values
 disabled):
 
-* select items, conditions, GROUP BY units, FROM tables and join conditions are compared as
-  (multi)sets, so their order does not matter; ORDER BY is an ordered list with directions;
+* select items, conditions, GROUP BY units and FROM tables are compared as (multi)sets, so their
+  order does not matter; ORDER BY is an ordered list with directions;
+* join conditions and DISTINCT (of the select list or inside an aggregate) are not compared: the
+  official script of the SParC and Spider reports that EditSQL's figures come from compares only a
+  block's FROM tables and drops DISTINCT (its ``DISABLE_DISTINCT``). ``strict=True`` compares both
+  (joins as a set of column pairs): a join on the wrong column, or a missing DISTINCT, changes
+  what the query returns, so the strict figure is the one to read for SQL meant to run. It is the
+  metric this module had before it followed the official script on these three points (reports
+  written then hold strict figures). Later revisions of the official scripts, newer than EditSQL,
+  compare a block's first join condition as well;
 * literal values (and, as in the official script, any non-subquery right-hand side of a condition)
   are ignored; LIMIT counts by presence only; a subquery is compared recursively;
-* the two sides of INTERSECT and UNION are unordered, EXCEPT is ordered;
+* the two sides of INTERSECT, UNION and EXCEPT are ordered, as in the official script (the strict
+  metric takes INTERSECT's and UNION's as unordered: swapped, they return the same rows);
 * columns linked by a foreign key are one column (``concert.stadium_id`` ~ ``stadium.stadium_id``),
   the official script's foreign-key mapping; pass ``fk_map=False`` to turn it off.
 """
@@ -31,6 +40,9 @@ COMPARISONS = {"=", "!=", "<>", "<", ">", "<=", ">="}
 ARITH = {"+", "-", "*", "/", "||", "%"}
 COND_KWS = {"in", "like", "between", "is", "exists", "glob"}
 HARDNESS = ("easy", "medium", "hard", "extra")
+# what a report's question and interaction match compare; reports without this key (written before
+# it) compared join conditions and DISTINCT as well, the figures a report now keeps under "strict"
+METRIC = "official"
 PARTIAL_KINDS = ("select", "select(no AGG)", "where", "where(no OP)", "group(no Having)", "group",
                  "order", "and/or", "IUEN", "keywords")
 
@@ -78,9 +90,10 @@ def _fk_classes(schema: Schema) -> dict[str, str]:
 
 
 class _Ctx:
-    def __init__(self, schema: Schema | None, fk_map: bool):
+    def __init__(self, schema: Schema | None, fk_map: bool, strict: bool = False):
         self.schema = schema
         self.fk = _fk_classes(schema) if (schema is not None and fk_map) else {}
+        self.strict = strict     # compare join conditions and DISTINCT too (module docstring)
 
     def unit(self, text: str) -> str:
         return self.fk.get(text, text)
@@ -123,7 +136,7 @@ def _expr(toks: list, ctx: _Ctx):
             raise _ExprError
         return e
     except (_ExprError, IndexError):
-        return ("raw",) + tuple(_raw(t, ctx) for t in toks)
+        return ("raw",) + tuple(_raw(t, ctx) for t in toks if ctx.strict or not _is_kw(t, "distinct"))
 
 
 def _raw(t, ctx):
@@ -158,7 +171,7 @@ def _parse_term(toks, i, ctx):
         j = i + 2
         distinct = False
         if _is_kw(toks[j], "distinct"):
-            distinct, j = True, j + 1
+            distinct, j = ctx.strict, j + 1
         inner, j = _parse_sum(toks, j, ctx)
         if not _is(toks[j], ")"):
             raise _ExprError
@@ -176,7 +189,7 @@ def _parse_term(toks, i, ctx):
         return "value", i + 1
     if t.kind == "kw" and t.text == "distinct":
         inner, j = _parse_term(toks, i + 1, ctx)
-        return ("distinct", inner), j
+        return (("distinct", inner) if ctx.strict else inner), j
     raise _ExprError
 
 
@@ -304,7 +317,7 @@ def _block(sel: Select, ctx: _Ctx) -> dict:
     stoks = list(cl.get("select", []))
     distinct = False
     if stoks and _is_kw(stoks[0], "distinct"):
-        distinct, stoks = True, stoks[1:]
+        distinct, stoks = ctx.strict, stoks[1:]
     items = [_item(_expr(p, ctx)) for p in _split_top(stoks, {","}) if p]
 
     tables, subs, joins = [], [], set()
@@ -316,7 +329,7 @@ def _block(sel: Select, ctx: _Ctx) -> dict:
                 tables.append(ctx.schema.table_name(it.table))
             else:
                 tables.append(str(it.table))
-        for pair in sel.from_.join_conditions():
+        for pair in (sel.from_.join_conditions() if ctx.strict else ()):
             joins.add(tuple(sorted(ctx.unit(u) for u in pair)))
 
     where, wconj, wnest = _conditions(cl["where"], ctx) if cl.get("where") else ([], [], 0)
@@ -374,12 +387,13 @@ def _canonical(q: Query, ctx: _Ctx):
     if q.op is None:
         return ("block", left)
     right = _canonical(q.right, ctx)
-    if q.op in ("intersect", "union"):
+    if q.op in ("intersect", "union") and ctx.strict:
         return (q.op,) + _mset([("block", left), right])
     return (q.op, ("block", left), right)
 
 
-def components(query: Query, schema: Schema | None = None, fk_map: bool = True) -> dict:
+def components(query: Query, schema: Schema | None = None, fk_map: bool = True,
+               strict: bool = False) -> dict:
     """Canonical, value-free, alias-free components of a parsed query (outer block).
 
     Keys: select {distinct, items: multiset of (agg|None, distinct, expr)}, from {tables, joins,
@@ -388,23 +402,24 @@ def components(query: Query, schema: Schema | None = None, fk_map: bool = True) 
     iuen (None or {op, right: components of the right-hand query}). Expressions are nested tuples
     (see ``_expr``). ``schema`` gives table names and the foreign-key mapping of columns.
     """
-    ctx = _Ctx(schema, fk_map)
+    ctx = _Ctx(schema, fk_map, strict)
     out = _public(_block(query.select, ctx))
     out["iuen"] = None if query.op is None else {"op": query.op,
-                                                 "right": components(query.right, schema, fk_map)}
+                                                 "right": components(query.right, schema, fk_map, strict)}
     return out
 
 
-def canonical(query: Query, schema: Schema | None = None, fk_map: bool = True):
+def canonical(query: Query, schema: Schema | None = None, fk_map: bool = True, strict: bool = False):
     """A hashable form of the whole query: two queries exact-match iff these are equal."""
-    return _canonical(query, _Ctx(schema, fk_map))
+    return _canonical(query, _Ctx(schema, fk_map, strict))
 
 
-def exact_match(gold_sql: str, pred_sql: str, schema: Schema, fk_map: bool = True) -> bool:
+def exact_match(gold_sql: str, pred_sql: str, schema: Schema, fk_map: bool = True,
+                strict: bool = False) -> bool:
     """Exact set match of two SQL strings. Raises SQLError when either cannot be parsed."""
     g = parse_sql(gold_sql, schema)
     p = parse_sql(pred_sql, schema)
-    return canonical(g, schema, fk_map) == canonical(p, schema, fk_map)
+    return canonical(g, schema, fk_map, strict) == canonical(p, schema, fk_map, strict)
 
 
 # ------------------------------------------------------------------------------------------
@@ -467,21 +482,22 @@ def _clause_items(q: Query, ctx: _Ctx) -> dict[str, list]:
         "IUEN": [(q.op, _canonical(q.right, ctx))] if q.op else [],
         "keywords": sorted(_keywords(q, b)),
     }
-    if q.op in ("intersect", "union") and out["IUEN"]:
+    if q.op in ("intersect", "union") and out["IUEN"] and ctx.strict:
         out["IUEN"] = [(q.op, _mset([("block", _freeze(_public(b))), _canonical(q.right, ctx)]))]
     return out
 
 
-def partial_scores(gold: str | Query, pred: str | Query, schema: Schema, fk_map: bool = True) -> dict:
+def partial_scores(gold: str | Query, pred: str | Query, schema: Schema, fk_map: bool = True,
+                   strict: bool = False) -> dict:
     """{clause kind: {precision, recall, f1, gold, pred, match}} for the official clause kinds.
 
     Items are matched as multisets on the outer block; a kind absent from both queries scores
     1.0 (``gold == pred == 0`` tells such cases apart, and the report leaves them out).
     """
-    ctx = _Ctx(schema, fk_map)
+    ctx = _Ctx(schema, fk_map, strict)
     g = parse_sql(gold, schema) if isinstance(gold, str) else gold
     p = parse_sql(pred, schema) if isinstance(pred, str) else pred
-    if (g.op == p.op and p.op in ("intersect", "union") and p.right.op is None
+    if (strict and g.op == p.op and p.op in ("intersect", "union") and p.right.op is None
             and _freeze(_public(_block(p.right.select, ctx))) == _freeze(_public(_block(g.select, ctx)))):
         p = Query(p.right.select, p.op, Query(p.select))   # the sides are unordered: align them
     gi, pi = _clause_items(g, ctx), _clause_items(p, ctx)
@@ -652,7 +668,8 @@ def evaluate_files(gold_path, pred_path, tables_path, db_dir=None, timeout: floa
     Prediction interactions and turns are aligned by position; a missing one is wrong. A
     prediction or gold that cannot be parsed is wrong and listed under ``unparsable``. With
     ``db_dir`` (``db_dir/<db_id>/<db_id>.sqlite``), ``exec_acc`` is over the questions whose
-    gold runs.
+    gold runs. ``question_match`` and ``interaction_match`` are the official metric's; ``strict``
+    holds the same figures with join conditions and DISTINCT compared too (module docstring).
     """
     gold = read_gold(gold_path)
     preds = read_predictions(pred_path)
@@ -663,15 +680,15 @@ def evaluate_files(gold_path, pred_path, tables_path, db_dir=None, timeout: floa
     partial_sum = {k: 0.0 for k in PARTIAL_KINDS}
     partial_n = {k: 0 for k in PARTIAL_KINDS}
     unparsable = []
-    n_q = n_right = n_inter_right = 0
+    n_q = n_right = n_inter_right = n_strict = n_inter_strict = 0
     for ii, inter in enumerate(gold):
         pinter = preds[ii] if ii < len(preds) else []
-        all_right = True
+        all_right = all_strict = True
         for ti, (gsql, db) in enumerate(inter):
             n_q += 1
             psql = pinter[ti] if ti < len(pinter) else None
             schema = schemas.get(db)
-            right, level, ex = False, None, None
+            right, strict, level, ex = False, False, None, None
             gq = pq = None
             if schema is None:
                 unparsable.append({"interaction": ii, "turn": ti, "sql": gsql,
@@ -693,6 +710,7 @@ def evaluate_files(gold_path, pred_path, tables_path, db_dir=None, timeout: floa
                                            "reason": f"prediction: {e}"})
                 if gq is not None and pq is not None:
                     right = canonical(gq, schema) == canonical(pq, schema)
+                    strict = canonical(gq, schema, strict=True) == canonical(pq, schema, strict=True)
                     ps = partial_scores(gq, pq, schema)
                     for k, v in ps.items():
                         if v["gold"] or v["pred"]:
@@ -704,6 +722,8 @@ def evaluate_files(gold_path, pred_path, tables_path, db_dir=None, timeout: floa
                         (None if execution_match(gsql, "SELECT 1", dbp, timeout) is None else False)
             n_right += right
             all_right &= right
+            n_strict += strict
+            all_strict &= strict
             for h in ([level] if level else []) + ["all"]:
                 by_h[h]["count"] += 1
                 by_h[h]["exact"] += right
@@ -711,10 +731,12 @@ def evaluate_files(gold_path, pred_path, tables_path, db_dir=None, timeout: floa
                     by_h[h]["_exec_n"] += 1
                     by_h[h]["exec"] += ex
             tk = _turn_key(ti + 1)
-            by_t.setdefault(tk, {"count": 0, "exact": 0})
+            by_t.setdefault(tk, {"count": 0, "exact": 0, "strict": 0})
             by_t[tk]["count"] += 1
             by_t[tk]["exact"] += right
+            by_t[tk]["strict"] += strict
         n_inter_right += all_right
+        n_inter_strict += all_strict
 
     def pct(a, b):
         return 100.0 * a / b if b else 0.0
@@ -725,10 +747,13 @@ def evaluate_files(gold_path, pred_path, tables_path, db_dir=None, timeout: floa
         d["exec"] = pct(d["exec"], en) if (db_dir is not None and en) else None
     for d in by_t.values():
         d["exact"] = pct(d["exact"], d["count"])
+        d["strict"] = pct(d["strict"], d["count"])
     order = sorted(by_t, key=lambda k: (k.endswith("+"), k))
     return {
         "question_match": pct(n_right, n_q),
         "interaction_match": pct(n_inter_right, len(gold)),
+        "metric": METRIC,
+        "strict": {"question_match": pct(n_strict, n_q), "interaction_match": pct(n_inter_strict, len(gold))},
         "exec_acc": by_h["all"]["exec"],
         "questions": n_q,
         "interactions": len(gold),

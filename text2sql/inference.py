@@ -90,7 +90,7 @@ def load_ensemble(args, cfg, vocab) -> list:
     out = []
     for path in args.ensemble or []:
         m, c, _ = load_run(path, device=args.device, raw=args.raw_weights)
-        if c.remove_from != cfg.remove_from or c.values != cfg.values:
+        if (c.remove_from, c.keep_from, c.values) != (cfg.remove_from, cfg.keep_from, cfg.values):
             raise DataError(f"--ensemble: {path} writes other targets than {args.run} (remove_from, "
                             "values differ)")
         if m.vocab.tokens != vocab.tokens:
@@ -220,11 +220,12 @@ def _evaluate_run(args) -> dict:
             sqls.append(sql)
             try:
                 match = exact_match(turn.query, sql, schema)
+                strict = exact_match(turn.query, sql, schema, strict=True)
             except Exception:   # the evaluator lists what it cannot parse; here it is simply wrong
-                match = False
+                match = strict = False
             rows.append({"interaction": inter.index, "turn": t, "db_id": inter.db_id,
                          "utterance": turn.utterance, "gold": turn.query, "predicted": sql,
-                         "tokens": toks, "gold_tokens": ex.tokens[t], "exact_match": bool(match),
+                         "tokens": toks, "gold_tokens": ex.tokens[t], "exact_match": bool(match), "strict_match": bool(strict),
                          "string_match": toks == ex.tokens[t], "problem": problem})
         sql_by_inter.append(sqls)
     write_gold(gold_path, [[(t.query, inter.db_id) for t in inter.turns] for inter in items])
@@ -238,7 +239,7 @@ def _evaluate_run(args) -> dict:
     report = evaluate_files(gold_path, pred_path, tables_path(data, cfg.tables),
                             db_dir if os.path.isdir(db_dir) else None)
     report["teacher_forced"] = tf
-    report["decoding"] = {"beam": args.beam, "length_penalty": args.length_penalty, "turn_beam": args.turn_beam,
+    report["decoding"] = {"run": args.run, "beam": args.beam, "length_penalty": args.length_penalty, "turn_beam": args.turn_beam,
                           "constrained": not args.no_constraints,
                           "use_gold_previous": args.use_gold_previous, "split": args.split,
                           "ensemble": [args.run, *args.ensemble] if args.ensemble else None,
@@ -262,6 +263,8 @@ def _evaluate_run(args) -> dict:
 def format_report(r: dict) -> str:
     lines = [f"question match     {r['question_match']:.2f}",
              f"interaction match  {r['interaction_match']:.2f}",
+             *([f"strict (join conditions and DISTINCT compared too): question {r['strict']['question_match']:.2f}, "
+                f"interaction {r['strict']['interaction_match']:.2f}"] if r.get("strict") else []),
              f"execution accuracy {'-' if r.get('exec_acc') is None else format(r['exec_acc'], '.2f')}"]
     if "by_hardness" in r:
         lines.append("by hardness: " + ", ".join(
@@ -280,8 +283,98 @@ def format_report(r: dict) -> str:
     return "\n".join(lines)
 
 
+def _write_atomic(path: str, text: str):
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _report_tables(folder: str, report: dict, tables: str | None) -> tuple[str, str | None]:
+    """(tables.json, database folder or None) of a report: --tables, else the config of the run it
+    decoded (named in the report; for older reports the folder itself, the run above an
+    ``--out RUN/NAME`` folder, or an ensemble's first member)."""
+    from .config import TrainConfig
+    from .data import SHIPPED_DATA, tables_path
+    dec = report.get("decoding") if isinstance(report.get("decoding"), dict) else {}
+    members = dec.get("ensemble") if isinstance(dec.get("ensemble"), list) else []
+    runs = [dec.get("run")] if isinstance(dec.get("run"), str) else []
+    for run in [*runs, folder, os.path.dirname(os.path.normpath(folder)), *members[:1]]:
+        if run and os.path.isfile(os.path.join(run, "config.json")):
+            cfg = TrainConfig.load(run)
+            data = cfg.data or SHIPPED_DATA
+            db_dir = os.path.join(data if os.path.isdir(data) else os.path.dirname(data), "database")
+            return tables or tables_path(data, cfg.tables), db_dir if os.path.isdir(db_dir) else None
+    if tables:
+        return tables, None
+    raise DataError(f"{folder}: no config.json of the run it decoded (the folder, the one above it, or "
+                    "its report's first ensemble member); pass --tables tables.json")
+
+
+def rescore(folder: str, tables: str | None = None) -> list[dict]:
+    """Score every ``eval_<split>.json`` in an ``evaluate`` output folder again from the gold and
+    prediction files beside it, with this version's metric (a report written before it followed the
+    official script has strict figures only). The teacher-forced figures and the decoding settings
+    are kept; predictions.jsonl's per-turn matches are rewritten to agree. Files are replaced
+    atomically, so an interrupted rescore leaves the old report whole."""
+    import json
+    from .evaluation import evaluate_files, exact_match
+    names = sorted(n for n in os.listdir(folder) if n.startswith("eval_") and n.endswith(".json")) \
+        if os.path.isdir(folder) else []
+    if not names:
+        raise DataError(f"{folder}: no eval_<split>.json report of evaluate here")
+    out = []
+    for name in names:
+        path = os.path.join(folder, name)
+        try:
+            with open(path, encoding="utf-8") as f:
+                old = json.load(f)
+        except (OSError, ValueError) as e:
+            raise DataError(f"{path}: not a readable report ({e})") from None
+        split = name[len("eval_"):-len(".json")]
+        gold, pred = os.path.join(folder, f"gold_{split}.txt"), os.path.join(folder, "predictions.txt")
+        for need in (gold, pred):
+            if not os.path.isfile(need):
+                raise DataError(f"{path}: {os.path.basename(need)} is not beside it, so it cannot be re-scored")
+        tables_file, db_dir = _report_tables(folder, old, tables)
+        report = evaluate_files(gold, pred, tables_file, db_dir)
+        for key in ("teacher_forced", "decoding"):
+            if key in old:
+                report[key] = old[key]
+        rows_path = os.path.join(folder, "predictions.jsonl")
+        if os.path.isfile(rows_path):
+            schemas = load_tables(tables_file)
+            rows = []
+            with open(rows_path, encoding="utf-8") as f:
+                for line in f:
+                    r = json.loads(line)
+                    try:
+                        r["exact_match"] = bool(exact_match(r["gold"], r["predicted"], schemas[r["db_id"]]))
+                        r["strict_match"] = bool(exact_match(r["gold"], r["predicted"], schemas[r["db_id"]],
+                                                             strict=True))
+                    except Exception:
+                        r["exact_match"] = r["strict_match"] = False
+                    rows.append(json.dumps(r) + "\n")
+            _write_atomic(rows_path, "".join(rows))
+        _write_atomic(path, json.dumps(report, indent=1))
+        out.append({"report": path, "before": {k: old.get(k) for k in ("question_match", "interaction_match")},
+                    **{k: report[k] for k in ("question_match", "interaction_match", "strict")}})
+    return out
+
+
 def run_evaluate(args) -> int:
     import json
+    if args.rescore:
+        if args.run or args.gold or args.pred:
+            raise ConfigError("--rescore reads the files an earlier evaluate wrote; it takes no --run, --gold or --pred")
+        done = [r for folder in args.rescore for r in rescore(folder, args.tables)]
+        for r in done:
+            b = r["before"]
+            print(json.dumps(r) if args.json else
+                  f"{r['report']}: question / interaction match {r['question_match']:.2f} / "
+                  f"{r['interaction_match']:.2f} (was {b['question_match']:.2f} / {b['interaction_match']:.2f}); "
+                  f"strict {r['strict']['question_match']:.2f} / {r['strict']['interaction_match']:.2f}")
+        return 0
     if args.run:
         report = evaluate_run(args)
     else:
@@ -319,6 +412,9 @@ def add_evaluate_command(sub):
     p.add_argument("--pred", help="predictions: one SQL per line, blank line between interactions")
     p.add_argument("--tables", help="tables.json for --gold/--pred")
     p.add_argument("--db_dir", help="database/<db>/<db>.sqlite root, for execution accuracy")
+    p.add_argument("--rescore", nargs="+", metavar="DIR",
+                   help="score evaluate output folders again (eval_<split>.json with its gold and "
+                        "predictions files) with this version's metric, keeping their teacher-forced figures")
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=run_evaluate)

@@ -177,6 +177,8 @@ class Report:
     stale: bool                    # best.pt was rewritten after the report: it is of older weights
     raw_weights: bool = False      # a run trained with --ema, decoded with its raw weights (an ablation)
     turn_beam: int = 1             # histories kept per interaction (evaluate --turn_beam)
+    metric: str = "official"       # "strict": written before the evaluator followed the official
+                                   # script (join conditions and DISTINCT compared; evaluate --rescore)
 
     @property
     def own(self) -> bool:
@@ -201,6 +203,8 @@ class Report:
             parts.append(f"{self.split} split")
         if self.epoch is not None:
             parts.append(f"@{self.epoch}")
+        if self.metric != "official":
+            parts.append(f"{self.metric} metric")
         if self.stale:
             parts.append("stale: best.pt is newer")
         return ", ".join(parts)
@@ -254,7 +258,8 @@ def read_reports(path: str, problems: list, best_epoch: int | None = None) -> li
                           split=str(dec.get("split") or "dev"),
                           ensemble=len(members) if isinstance(members, list) and members else 1,
                           epoch=epoch, stale=stale, raw_weights=ckpt.get("weights") == "raw",
-                          turn_beam=dec["turn_beam"] if isinstance(dec.get("turn_beam"), int) else 1))
+                          turn_beam=dec["turn_beam"] if isinstance(dec.get("turn_beam"), int) else 1,
+                          metric=str(obj.get("metric") or "strict")))
     return out
 
 

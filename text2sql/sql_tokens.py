@@ -6,7 +6,7 @@ aggregates, the value placeholder, LIMIT numbers) drawn from a vocabulary, and *
 into such a sequence and back:
 
     sql string --lex (sqlparse)--> Tok list --parse--> Query tree (aliases resolved to units)
-    Query tree --to_tokens(style)--> target tokens      (style "full" or "nofrom")
+    Query tree --to_tokens(style)--> target tokens      (style "full", "nofrom" or "nofrom_tables")
     target tokens --parse--> Query tree --restore_from--> Query tree --to_sql--> sql string
 
 Two target styles:
@@ -19,6 +19,10 @@ Two target styles:
   other unit of the block names, so ``SELECT count(*) FROM concert`` keeps its table; and a FROM
   table that neither the units nor the join paths between them would bring back is kept as a
   short ``from`` hint listing only such tables (no joins, no aliases).
+* ``nofrom_tables`` (``--remove_from --keep_from tables``): as ``nofrom``, but a FROM clause is
+  kept only where restoration would rebuild other *tables*; one it would rebuild with the same
+  tables joined on other columns is dropped. That is what the official metric compares; the
+  restored SQL may then join on the wrong column (a flight's source airport for its destination).
 """
 from __future__ import annotations
 
@@ -462,7 +466,7 @@ def parse_sql(sql: str, schema: Schema) -> Query:
 # ------------------------------------------------------------------------------------------
 def to_tokens(q: Query, schema: Schema, style: str = "full", values: str = "placeholder") -> list[str]:
     """Target token sequence (without the end token). ``values``: placeholder | literal."""
-    if style not in ("full", "nofrom", "nofrom_all"):
+    if style not in ("full", "nofrom", "nofrom_tables", "nofrom_all"):
         raise ValueError(f"unknown target style {style!r}")
     out: list[str] = []
     _emit_query(q, schema, style, values, out)
@@ -527,15 +531,19 @@ def _emit_select(sel: Select, schema, style, values, out):
         out.append(clause)
         _emit_toks(sel.clauses[clause], schema, style, values, out, star, clause)
         if clause == "select" and sel.from_ is not None:
-            if style == "full" or _needs_from(sel, schema, keep_unrestorable=style == "nofrom"):
+            if style == "full" or _needs_from(sel, schema, keep_unrestorable=style in ("nofrom", "nofrom_tables"),
+                                              tables_only=style == "nofrom_tables"):
                 _emit_from(sel, schema, style, values, out, star)
 
 
-def _needs_from(sel: Select, schema: Schema, keep_unrestorable: bool = True) -> bool:
-    """nofrom keeps a block's FROM only where ``restore_from`` would not rebuild it exactly."""
+def _needs_from(sel: Select, schema: Schema, keep_unrestorable: bool = True, tables_only: bool = False) -> bool:
+    """nofrom keeps a block's FROM only where ``restore_from`` would not rebuild it exactly;
+    nofrom_tables (``tables_only``) only where it would not rebuild its tables (as a multiset)."""
     fc = sel.from_
     if any(it.sub is not None for it in fc.items):
         return True    # a subquery in FROM cannot be inferred from units
+    if tables_only:
+        return keep_unrestorable and sorted(fc.tables()) != sorted(restored_from(sel, schema).tables())
     return keep_unrestorable and not _restorable(sel, schema)
 
 

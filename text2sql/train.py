@@ -40,7 +40,7 @@ class NonFiniteError(RuntimeError):
 # data
 # ------------------------------------------------------------------------------------------
 def target_tokens(inter: Interaction, schema, cfg: TrainConfig) -> list[list[str]]:
-    style = "nofrom" if cfg.remove_from else "full"
+    style = ("nofrom_tables" if cfg.keep_from == "tables" else "nofrom") if cfg.remove_from else "full"
     out = []
     for t, turn in enumerate(inter.turns):
         try:
