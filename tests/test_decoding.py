@@ -410,6 +410,12 @@ def test_evaluate_on_the_shipped_tiny_data_reports_execution_accuracy(tmp_path):
     # the shipped databases make execution accuracy real; the model learned some turns exactly
     rows = [json.loads(l) for l in open(os.path.join(tr.run_dir, "predictions.jsonl"))]
     assert any(r_["exact_match"] for r_ in rows)
+    # re-scoring finds the databases the report names: execution accuracy is measured again, the same
+    q = subprocess.run([sys.executable, "-m", "text2sql", "evaluate", "--rescore", tr.run_dir, "--json"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+    assert q.returncode == 0, q.stderr[-800:]
+    again = json.load(open(os.path.join(tr.run_dir, "eval_train.json")))
+    assert again["exec_acc"] == r["exec_acc"] and again["question_match"] == r["question_match"]
 
 
 def test_conversation_encodes_each_turn_once_and_predicts_as_a_fresh_pass(concert_data, concert_schema, tmp_path):

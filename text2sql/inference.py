@@ -92,7 +92,7 @@ def load_ensemble(args, cfg, vocab) -> list:
         m, c, _ = load_run(path, device=args.device, raw=args.raw_weights)
         if (c.remove_from, c.keep_from, c.values) != (cfg.remove_from, cfg.keep_from, cfg.values):
             raise DataError(f"--ensemble: {path} writes other targets than {args.run} (remove_from, "
-                            "values differ)")
+                            "keep_from or values differ)")
         if m.vocab.tokens != vocab.tokens:
             raise DataError(f"--ensemble: {path} has another keyword vocabulary than {args.run}")
         out.append(m)
@@ -225,7 +225,8 @@ def _evaluate_run(args) -> dict:
                 match = strict = False
             rows.append({"interaction": inter.index, "turn": t, "db_id": inter.db_id,
                          "utterance": turn.utterance, "gold": turn.query, "predicted": sql,
-                         "tokens": toks, "gold_tokens": ex.tokens[t], "exact_match": bool(match), "strict_match": bool(strict),
+                         "tokens": toks, "gold_tokens": ex.tokens[t], "exact_match": bool(match),
+                         "strict_match": bool(strict),
                          "string_match": toks == ex.tokens[t], "problem": problem})
         sql_by_inter.append(sqls)
     write_gold(gold_path, [[(t.query, inter.db_id) for t in inter.turns] for inter in items])
@@ -236,10 +237,11 @@ def _evaluate_run(args) -> dict:
     from .data import SHIPPED_DATA, tables_path
     data = args.data or cfg.data or SHIPPED_DATA
     db_dir = os.path.join(data if os.path.isdir(data) else os.path.dirname(data), "database")
-    report = evaluate_files(gold_path, pred_path, tables_path(data, cfg.tables),
-                            db_dir if os.path.isdir(db_dir) else None)
+    db_dir = db_dir if os.path.isdir(db_dir) else None
+    report = evaluate_files(gold_path, pred_path, tables_path(data, cfg.tables), db_dir)
     report["teacher_forced"] = tf
-    report["decoding"] = {"run": args.run, "beam": args.beam, "length_penalty": args.length_penalty, "turn_beam": args.turn_beam,
+    report["decoding"] = {"run": args.run, "tables": tables_path(data, cfg.tables), "db_dir": db_dir,
+                          "beam": args.beam, "length_penalty": args.length_penalty, "turn_beam": args.turn_beam,
                           "constrained": not args.no_constraints,
                           "use_gold_previous": args.use_gold_previous, "split": args.split,
                           "ensemble": [args.run, *args.ensemble] if args.ensemble else None,
@@ -291,12 +293,15 @@ def _write_atomic(path: str, text: str):
 
 
 def _report_tables(folder: str, report: dict, tables: str | None) -> tuple[str, str | None]:
-    """(tables.json, database folder or None) of a report: --tables, else the config of the run it
-    decoded (named in the report; for older reports the folder itself, the run above an
-    ``--out RUN/NAME`` folder, or an ensemble's first member)."""
+    """(tables.json, database folder or None) of a report: --tables, else those the report names,
+    else (older reports) those of the config of the run it decoded: the folder itself, the run
+    above an ``--out RUN/NAME`` folder, or an ensemble's first member."""
     from .config import TrainConfig
     from .data import SHIPPED_DATA, tables_path
     dec = report.get("decoding") if isinstance(report.get("decoding"), dict) else {}
+    if isinstance(dec.get("tables"), str) and os.path.isfile(dec["tables"]):
+        db_dir = dec.get("db_dir") if isinstance(dec.get("db_dir"), str) and os.path.isdir(dec["db_dir"]) else None
+        return tables or dec["tables"], db_dir
     members = dec.get("ensemble") if isinstance(dec.get("ensemble"), list) else []
     runs = [dec.get("run")] if isinstance(dec.get("run"), str) else []
     for run in [*runs, folder, os.path.dirname(os.path.normpath(folder)), *members[:1]]:
