@@ -85,6 +85,12 @@ def test_analyse_counts_built_by_hand():
     assert c["repeated_previous_prediction"] == 2          # 0.1 and 0.2 both repeat turn 0.0's query
     assert a["first_wrong_turn"] == {"none": 0, "turn 1": 1, "turn 2": 2, "turn 3": 0, "turn 4+": 0}
     assert a["length"]["wrong"] == {"shorter": 1, "same length": 3, "longer": 0}
+    assert a["strict"] is None                              # rows of a report without strict matches
+    # rows of a newer report carry the strict metric's match too: 2.0 matched officially only
+    for r_, ok in zip(rows, (True, False, False, False, True, False, False)):
+        r_["strict_match"] = ok
+    s = analyse(rows)["strict"]
+    assert s == {"question_match": round(100 * 2 / 7, 2), "matched_only_officially": 1}
 
 
 def test_agreement_of_two_reports():

@@ -163,8 +163,16 @@ def analyse(rows: list[dict], examples: int = 0, gold_previous: bool = False) ->
                       "longer" if len(rows[i]["tokens"]) > len(rows[i]["gold_tokens"]) else "same length"
                       for i in wrong)
     n = len(rows)
+    # reports written since evaluate gives both metrics: the turns the official metric matches with
+    # the wrong join columns or DISTINCT (the SQL would return other rows)
+    strict = None
+    if rows and all("strict_match" in r for r in rows):
+        ok = [bool(r["strict_match"]) for r in rows]
+        strict = {"question_match": _pct(sum(ok), n),
+                  "matched_only_officially": sum(1 for a, b in zip(right, ok) if a and not b)}
     return {
         "turns": n, "interactions": sum(first_wrong.values()), "gold_previous": gold_previous,
+        "strict": strict,
         "question_match": _pct(sum(right), n), "string_match": _pct(sum(same), n),
         "matched_with_other_tokens": sum(1 for ok, s in zip(right, same) if ok and not s),
         "wrong": len(wrong),
@@ -219,6 +227,9 @@ def format_analysis(name: str, a: dict, top: int = 5) -> str:
     lines = [f"== {name}: {a['turns']} turns, {a['interactions']} interactions",
              f"question match {a['question_match']:.2f}, string match {a['string_match']:.2f} "
              f"({a['matched_with_other_tokens']} matched with other tokens than the gold's)",
+             *([f"strict metric (join conditions and DISTINCT compared): question match "
+                f"{a['strict']['question_match']:.2f}; {a['strict']['matched_only_officially']} turns matched "
+                "only under the official one"] if a.get("strict") else []),
              f"length: {a['length']['predicted_mean']:.2f} tokens predicted on average, "
              f"{a['length']['gold_mean']:.2f} in the gold; the {a['wrong']} wrong queries: "
              + ", ".join(f"{c} {k}" for k, c in a["length"]["wrong"].items()),
