@@ -310,6 +310,12 @@ def test_evaluate_command_end_to_end(trained, tmp_path):
     for key in ("question_match", "interaction_match", "strict", "metric", "teacher_forced", "decoding", "by_turn"):
         assert again[key] == report[key], key
     assert [json.loads(l) for l in open(out / "predictions.jsonl")] == rows
+    # predictions of another split written into the same folder since: refused, not scored wrongly
+    (out / "gold_dev.txt").write_text("SELECT 1\tconcerts\n")
+    (out / "eval_dev.json").write_text(json.dumps({**report, "questions": 1}))
+    r = subprocess.run([sys.executable, "-m", "text2sql", "evaluate", "--rescore", str(out)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0 and "eval_dev.json" in r.stderr and "not of this report" in r.stderr
     # a folder without a report is refused in one line, naming it
     r = subprocess.run([sys.executable, "-m", "text2sql", "evaluate", "--rescore", str(tmp_path)], cwd=ROOT,
                        capture_output=True, text=True, timeout=300)

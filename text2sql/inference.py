@@ -323,7 +323,7 @@ def rescore(folder: str, tables: str | None = None) -> list[dict]:
     are kept; predictions.jsonl's per-turn matches are rewritten to agree. Files are replaced
     atomically, so an interrupted rescore leaves the old report whole."""
     import json
-    from .evaluation import evaluate_files, exact_match
+    from .evaluation import evaluate_files, exact_match, read_gold, read_predictions
     names = sorted(n for n in os.listdir(folder) if n.startswith("eval_") and n.endswith(".json")) \
         if os.path.isdir(folder) else []
     if not names:
@@ -341,6 +341,12 @@ def rescore(folder: str, tables: str | None = None) -> list[dict]:
         for need in (gold, pred):
             if not os.path.isfile(need):
                 raise DataError(f"{path}: {os.path.basename(need)} is not beside it, so it cannot be re-scored")
+        # evaluate writes one predictions.txt per folder: a folder scored on two splits keeps only the
+        # last one's, and scoring the other split's gold against it would be silently wrong
+        pred_shape = [len(b) for b in read_predictions(pred)]
+        if pred_shape != [len(b) for b in read_gold(gold)] or old.get("questions", sum(pred_shape)) != sum(pred_shape):
+            raise DataError(f"{path}: predictions.txt beside it is not of this report (other interactions or "
+                            "turns: evaluate wrote another split here since)")
         tables_file, db_dir = _report_tables(folder, old, tables)
         report = evaluate_files(gold, pred, tables_file, db_dir)
         for key in ("teacher_forced", "decoding"):
