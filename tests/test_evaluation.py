@@ -6,7 +6,7 @@ import pytest
 
 from conftest import shared_path
 from text2sql.evaluation import (components, evaluate_files, execution_match, exact_match, hardness,
-                                 partial_scores, read_gold, read_predictions, write_predictions)
+                                 matches, partial_scores, read_gold, read_predictions, write_predictions)
 from text2sql.sql_tokens import parse_sql
 
 JOIN = ("SELECT T1.name FROM singer AS T1 JOIN singer_in_concert AS T2 ON T1.singer_id = T2.singer_id "
@@ -79,6 +79,7 @@ def test_joins_and_distinct_only_strict(concert_schema, gold, pred, distinct):
     assert all(v["f1"] == 1.0 for v in partial_scores(gold, pred, concert_schema).values())
     assert exact_match(gold, gold, concert_schema, strict=True)
     assert not exact_match(gold, pred, concert_schema, strict=True)
+    assert matches(gold, pred, concert_schema) == (True, False)
     # an outer-block DISTINCT is one of the strict metric's keywords
     assert (partial_scores(gold, pred, concert_schema, strict=True)["keywords"]["f1"] < 1.0) == distinct
 
@@ -94,6 +95,7 @@ def test_swapped_set_operation_sides(concert_schema, gold, pred):
     the strict metric, which is about meaning, takes INTERSECT's and UNION's sides as unordered."""
     assert not exact_match(gold, pred, concert_schema)
     assert exact_match(gold, pred, concert_schema, strict=True)
+    assert matches(gold, pred, concert_schema) == (False, True)
     assert partial_scores(gold, pred, concert_schema)["IUEN"]["f1"] < 1.0
     assert all(v["f1"] == 1.0 for v in partial_scores(gold, pred, concert_schema, strict=True).values())
 

@@ -153,6 +153,12 @@ def tables_path(data: str, tables: str | None = None) -> str:
     return os.path.join(d, "tables.json")
 
 
+def database_dir(data: str) -> str | None:
+    """The ``database/<db>/<db>.sqlite`` root beside a data directory or split file, where it exists."""
+    d = os.path.join(data if os.path.isdir(data) else os.path.dirname(data), "database")
+    return d if os.path.isdir(d) else None
+
+
 def database_path(db_dir: str, db_id: str) -> str:
     return os.path.join(db_dir, db_id, f"{db_id}.sqlite")
 

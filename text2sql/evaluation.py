@@ -414,6 +414,14 @@ def canonical(query: Query, schema: Schema | None = None, fk_map: bool = True, s
     return _canonical(query, _Ctx(schema, fk_map, strict))
 
 
+def matches(gold_sql: str, pred_sql: str, schema: Schema) -> tuple[bool, bool]:
+    """(official, strict) exact match of two SQL strings, each parsed once. Raises SQLError when
+    either cannot be parsed."""
+    g, p = parse_sql(gold_sql, schema), parse_sql(pred_sql, schema)
+    return (canonical(g, schema) == canonical(p, schema),
+            canonical(g, schema, strict=True) == canonical(p, schema, strict=True))
+
+
 def exact_match(gold_sql: str, pred_sql: str, schema: Schema, fk_map: bool = True,
                 strict: bool = False) -> bool:
     """Exact set match of two SQL strings. Raises SQLError when either cannot be parsed."""

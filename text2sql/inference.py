@@ -190,7 +190,7 @@ def evaluate_run(args) -> dict:
 def _evaluate_run(args) -> dict:
     import json
     from .decoding import ids_to_sql
-    from .evaluation import evaluate_files, exact_match, write_gold, write_predictions
+    from .evaluation import evaluate_files, matches, write_gold, write_predictions
     from .train import evaluate as teacher_forced, load_run, make_examples
     if args.turn_beam > 1 and (args.beam < args.turn_beam or args.use_gold_previous):
         raise ConfigError(f"--turn_beam {args.turn_beam} needs --beam {args.turn_beam} or more, and "
@@ -219,8 +219,7 @@ def _evaluate_run(args) -> dict:
             sql, toks, problem = ids_to_sql(ids, vocab, schema)
             sqls.append(sql)
             try:
-                match = exact_match(turn.query, sql, schema)
-                strict = exact_match(turn.query, sql, schema, strict=True)
+                match, strict = matches(turn.query, sql, schema)
             except Exception:   # the evaluator lists what it cannot parse; here it is simply wrong
                 match = strict = False
             rows.append({"interaction": inter.index, "turn": t, "db_id": inter.db_id,
@@ -234,13 +233,12 @@ def _evaluate_run(args) -> dict:
     with open(os.path.join(out_dir, "predictions.jsonl"), "w", encoding="utf-8") as f:
         for r in rows:
             f.write(json.dumps(r) + "\n")
-    from .data import SHIPPED_DATA, tables_path
+    from .data import SHIPPED_DATA, database_dir, tables_path
     data = args.data or cfg.data or SHIPPED_DATA
-    db_dir = os.path.join(data if os.path.isdir(data) else os.path.dirname(data), "database")
-    db_dir = db_dir if os.path.isdir(db_dir) else None
-    report = evaluate_files(gold_path, pred_path, tables_path(data, cfg.tables), db_dir)
+    tables, db_dir = tables_path(data, cfg.tables), database_dir(data)
+    report = evaluate_files(gold_path, pred_path, tables, db_dir)
     report["teacher_forced"] = tf
-    report["decoding"] = {"run": args.run, "tables": tables_path(data, cfg.tables), "db_dir": db_dir,
+    report["decoding"] = {"run": args.run, "tables": tables, "db_dir": db_dir,
                           "beam": args.beam, "length_penalty": args.length_penalty, "turn_beam": args.turn_beam,
                           "constrained": not args.no_constraints,
                           "use_gold_previous": args.use_gold_previous, "split": args.split,
@@ -285,19 +283,12 @@ def format_report(r: dict) -> str:
     return "\n".join(lines)
 
 
-def _write_atomic(path: str, text: str):
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def _report_tables(folder: str, report: dict, tables: str | None) -> tuple[str, str | None]:
     """(tables.json, database folder or None) of a report: --tables, else those the report names,
     else (older reports) those of the config of the run it decoded: the folder itself, the run
     above an ``--out RUN/NAME`` folder, or an ensemble's first member."""
     from .config import TrainConfig
-    from .data import SHIPPED_DATA, tables_path
+    from .data import SHIPPED_DATA, database_dir, tables_path
     dec = report.get("decoding") if isinstance(report.get("decoding"), dict) else {}
     if isinstance(dec.get("tables"), str) and os.path.isfile(dec["tables"]):
         db_dir = dec.get("db_dir") if isinstance(dec.get("db_dir"), str) and os.path.isdir(dec["db_dir"]) else None
@@ -308,8 +299,7 @@ def _report_tables(folder: str, report: dict, tables: str | None) -> tuple[str, 
         if run and os.path.isfile(os.path.join(run, "config.json")):
             cfg = TrainConfig.load(run)
             data = cfg.data or SHIPPED_DATA
-            db_dir = os.path.join(data if os.path.isdir(data) else os.path.dirname(data), "database")
-            return tables or tables_path(data, cfg.tables), db_dir if os.path.isdir(db_dir) else None
+            return tables or tables_path(data, cfg.tables), database_dir(data)
     if tables:
         return tables, None
     raise DataError(f"{folder}: no config.json of the run it decoded (the folder, the one above it, or "
@@ -323,7 +313,8 @@ def rescore(folder: str, tables: str | None = None) -> list[dict]:
     are kept; predictions.jsonl's per-turn matches are rewritten to agree. Files are replaced
     atomically, so an interrupted rescore leaves the old report whole."""
     import json
-    from .evaluation import evaluate_files, exact_match, read_gold, read_predictions
+    from .evaluation import evaluate_files, matches, read_gold, read_predictions
+    from .train import atomic_write_text
     names = sorted(n for n in os.listdir(folder) if n.startswith("eval_") and n.endswith(".json")) \
         if os.path.isdir(folder) else []
     if not names:
@@ -360,14 +351,12 @@ def rescore(folder: str, tables: str | None = None) -> list[dict]:
                 for line in f:
                     r = json.loads(line)
                     try:
-                        r["exact_match"] = bool(exact_match(r["gold"], r["predicted"], schemas[r["db_id"]]))
-                        r["strict_match"] = bool(exact_match(r["gold"], r["predicted"], schemas[r["db_id"]],
-                                                             strict=True))
+                        r["exact_match"], r["strict_match"] = matches(r["gold"], r["predicted"], schemas[r["db_id"]])
                     except Exception:
                         r["exact_match"] = r["strict_match"] = False
                     rows.append(json.dumps(r) + "\n")
-            _write_atomic(rows_path, "".join(rows))
-        _write_atomic(path, json.dumps(report, indent=1))
+            atomic_write_text(rows_path, "".join(rows))
+        atomic_write_text(path, json.dumps(report, indent=1))
         out.append({"report": path, "before": {k: old.get(k) for k in ("question_match", "interaction_match")},
                     **{k: report[k] for k in ("question_match", "interaction_match", "strict")}})
     return out

@@ -542,9 +542,11 @@ def _needs_from(sel: Select, schema: Schema, keep_unrestorable: bool = True, tab
     fc = sel.from_
     if any(it.sub is not None for it in fc.items):
         return True    # a subquery in FROM cannot be inferred from units
+    if not keep_unrestorable:
+        return False
     if tables_only:
-        return keep_unrestorable and sorted(fc.tables()) != sorted(restored_from(sel, schema).tables())
-    return keep_unrestorable and not _restorable(sel, schema)
+        return sorted(fc.tables()) != sorted(restored_from(sel, schema).tables())
+    return not _restorable(sel, schema)
 
 
 def restored_from(sel: Select, schema: Schema, star: int | None = None) -> FromClause:

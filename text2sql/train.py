@@ -282,6 +282,13 @@ def atomic_save(obj, path: str):
     os.replace(tmp, path)
 
 
+def atomic_write_text(path: str, text: str):
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
 def rng_state():
     return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
 
@@ -653,11 +660,7 @@ class Trainer:
                "pid": os.getpid(), "host": socket.gethostname(), "updated": time.time()}
         if error:
             row["error"] = error
-        path = os.path.join(self.run_dir, "status.json")
-        tmp = f"{path}.tmp{os.getpid()}"
-        with open(tmp, "w") as f:
-            json.dump(row, f)
-        os.replace(tmp, path)
+        atomic_write_text(os.path.join(self.run_dir, "status.json"), json.dumps(row))
 
 
 def main(cfg: TrainConfig) -> int:
