@@ -104,6 +104,32 @@ def test_bert_layers_averages_the_last_hidden_states(tiny):
         SchemaEncoder(bert, tok, layers=4)
 
 
+def test_stacked_layers_are_the_hidden_states_that_the_mean_and_a_scalar_mix_combine(tiny):
+    """--bert_mix: the stacked encoder hands over the last k hidden states side by side (over a
+    schema cut into several passes); their mean is the --bert_layers k output, the mix starts
+    there and weighs them as its softmax says."""
+    from text2sql.encoder import ScalarMix
+    bert, tok = tiny
+    for k in (2, 3):
+        plain = SchemaEncoder(bert, tok, max_len=24, layers=k).eval()([WORDS], [UNITS])
+        stacked = SchemaEncoder(bert, tok, max_len=24, layers=k, stack=True).eval()([WORDS], [UNITS])
+        H = bert.config.hidden_size
+        assert stacked.units.shape[-1] == k * H and stacked.utterance.shape[-1] == k * H
+        by_layer = stacked.units.unflatten(-1, (k, H))                                  # [1, U, k, H]
+        assert torch.allclose(by_layer.mean(-2), plain.units, atol=1e-5), k
+        assert not torch.allclose(by_layer[..., 0, :], by_layer[..., -1, :])          # really other layers
+        mix = ScalarMix(k, H)
+        with torch.no_grad():
+            assert torch.allclose(mix(stacked.utterance), plain.utterance, atol=1e-5)
+            mix.logits.copy_(torch.arange(k, dtype=torch.float))
+            mix.scale.fill_(2.0)
+            w = torch.softmax(torch.arange(k, dtype=torch.float), 0) * 2.0
+            want = (stacked.units.unflatten(-1, (k, H)) * w[:, None]).sum(-2)
+            assert torch.allclose(mix(stacked.units), want, atol=1e-5)
+    with pytest.raises(EncoderLoadError, match="--tune_top_layers cannot go with --bert_mix"):
+        SchemaEncoder(bert, tok, layers=2, stack=True).tune_top(1)
+
+
 def test_chunking_matches_encoding_each_chunk_alone(tiny):
     e = make(tiny, max_len=24)
     words = ["names", "of", "singers"]

@@ -70,6 +70,30 @@ def test_averaging_other_layers_uses_another_folder(concert_data, tmp_path):
     assert a.model.disk_cache.dir != b.model.disk_cache.dir and b.model.disk_cache.hits == 0
 
 
+def test_a_scalar_mix_over_a_frozen_encoder_starts_as_the_mean_learns_and_reuses_its_stacked_cache(
+        concert_data, tmp_path):
+    """--bert_mix with --fix_bert: the cache keeps each layer (another folder than the mean's),
+    the model's first encoding equals the plain --bert_layers run's, the mix's weights get gradient
+    and move while BERT stays frozen, and a second run reads every stacked entry back from disk."""
+    cache = str(tmp_path / "cache")
+    mean = Trainer(cfg_for(concert_data, tmp_path / "mean", fix_bert=True, cache_dir=cache, bert_layers=2),
+                   log=quiet, progress=False)
+    mix = Trainer(cfg_for(concert_data, tmp_path / "mix", fix_bert=True, cache_dir=cache, bert_layers=2,
+                          bert_mix=True), log=quiet, progress=False)
+    assert mix.model.disk_cache.dir != mean.model.disk_cache.dir
+    for x, y in zip(encode_all(mean), encode_all(mix)):        # the same seed: the same tiny BERT
+        assert torch.allclose(x.float(), y.float(), atol=1e-5)
+    bert_before = {n: p.clone() for n, p in mix.model.encoder.bert.named_parameters()}
+    logits = mix.model.layer_mix.logits.detach().clone()
+    mix.run()
+    assert not torch.allclose(mix.model.layer_mix.logits, logits)
+    assert all(torch.equal(p, bert_before[n]) for n, p in mix.model.encoder.bert.named_parameters())
+    again = Trainer(cfg_for(concert_data, tmp_path / "again", fix_bert=True, cache_dir=cache, bert_layers=2,
+                            bert_mix=True), log=quiet, progress=False)
+    encode_all(again)
+    assert again.model.disk_cache.hits > 0 and again.model.disk_cache.misses == 0
+
+
 def test_without_memoising_the_frozen_encoder_runs_every_time_with_the_same_outputs(concert_data, tmp_path):
     """The EditSQL regime of scripts/bench_train.py: a frozen encoder run again on every call,
     neither the memory nor the disk cache read or written."""

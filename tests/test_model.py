@@ -178,8 +178,9 @@ def test_token_accuracy_is_a_mean_of_per_turn_ratios():
     assert s["string_acc"] == 50.0
 
 
-def test_shapes_and_every_module_gets_gradient(concert_data, tmp_path):
-    tr = Trainer(cfg_for(concert_data, tmp_path), log=quiet, progress=False)
+@pytest.mark.parametrize("extra", [{}, dict(bert_layers=2, bert_mix=True)], ids=["mean", "scalar_mix"])
+def test_shapes_and_every_module_gets_gradient(concert_data, tmp_path, extra):
+    tr = Trainer(cfg_for(concert_data, tmp_path, **extra), log=quiet, progress=False)
     model = tr.model
     batch = tr.train_ex[:2]
     out = model(batch)
@@ -198,6 +199,8 @@ def test_shapes_and_every_module_gets_gradient(concert_data, tmp_path):
     assert all(v > 0 for v in got.values()), got
     # and the encoder really is BERT, learning
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.encoder.bert.parameters())
+    if extra:        # through the mix, whose weights learn too
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.layer_mix.parameters())
 
 
 def test_utterance_rnn_learns_over_a_frozen_encoder_and_changes_what_the_decoder_reads(concert_data, tmp_path):
@@ -680,6 +683,9 @@ def test_cli_flags_that_cannot_go_together_are_one_line_before_anything_is_writt
              (["--label_smoothing", "1.5"], "--label_smoothing must be in [0, 1)"),
              (["--ema", "1"], "--ema must be in [0, 1)"),
              (["--tune_top_layers", "1", "--fix_bert"], "--tune_top_layers 1 cannot go with --fix_bert"),
+             (["--bert_mix"], "--bert_mix needs --bert_layers N >= 2"),
+             (["--bert_mix", "--bert_layers", "2", "--tune_top_layers", "1"],
+              "--bert_mix cannot go with --tune_top_layers"),
              (["--sample_previous", "0.5", "--unbatched"], "--sample_previous is not implemented for --unbatched"))
     for i, (flags, message) in enumerate(cases):
         run = tmp_path / f"r{i}"

@@ -83,6 +83,9 @@ class TrainConfig:
                                    "as in decoding; without it each is predicted from its gold previous query")
     bert_layers: int = _f(1, "the encoder's output is the mean of its last N hidden states (1: the top layer; "
                              "BERT's feature-based recipe averages the last 4)")
+    bert_mix: bool = _f(False, "learn how the --bert_layers hidden states are mixed instead of averaging them: "
+                               "softmax-normalised weights times a learnt scale (ELMo's scalar mix), starting "
+                               "from the plain mean; with --fix_bert the cache keeps each of those layers")
     fix_bert: bool = _f(False, "freeze the encoder (its outputs are then computed once and cached)")
     tune_top_layers: int = _f(0, "fine-tune only the encoder's top N layers (0: all of them, unless --fix_bert); "
                                  "the embeddings and the layers below are frozen, and their outputs are "
@@ -143,6 +146,11 @@ class TrainConfig:
             raise ConfigError(f"--tune_top_layers {self.tune_top_layers} cannot go with "
                               f"{'--fix_bert' if self.fix_bert else '--grad_checkpointing'}: it freezes all "
                               "but the top layers itself, and runs them outside BERT's own checkpointed loop")
+        if self.bert_mix and self.tune_top_layers:
+            raise ConfigError("--bert_mix cannot go with --tune_top_layers: the frozen layers' cached states "
+                              "are kept summed, not one per layer")
+        if self.bert_mix and self.bert_layers < 2:
+            raise ConfigError("--bert_mix needs --bert_layers N >= 2 (the hidden states it mixes)")
         if self.sample_previous and self.unbatched:
             raise ConfigError("--sample_previous is not implemented for --unbatched (the reference path "
                               "reads gold previous queries only)")

@@ -123,11 +123,32 @@ def tiny_bert(vocab_file: str | None = None, hidden: int = 32, layers: int = 2, 
 # ------------------------------------------------------------------------------------------
 @dataclass
 class EncoderOutput:
+    # H below is SchemaEncoder.out_size: the hidden size, or layers * hidden when stacked
     utterance: torch.Tensor        # [N, W, H] one vector per utterance word, zeros where padded
     utterance_mask: torch.Tensor   # [N, W] bool
     units: torch.Tensor            # [N, U, H] one vector per DB unit, zeros where padded
     unit_mask: torch.Tensor        # [N, U] bool
     cls: torch.Tensor              # [N, H] the [CLS] vector, averaged over the passes
+
+
+class ScalarMix(nn.Module):
+    """ELMo's scalar mix (``--bert_mix``): a stacked encoder's ``layers`` hidden states, weighted
+    by softmax(logits) and scaled by a learnt gamma. It starts as their plain mean, which is what
+    ``--bert_layers`` alone gives, so the flag can only add what training finds in the weights."""
+
+    def __init__(self, layers: int, hidden: int):
+        super().__init__()
+        self.layers, self.hidden = layers, hidden
+        self.logits = nn.Parameter(torch.zeros(layers))
+        self.scale = nn.Parameter(torch.ones(()))
+
+    def weights(self) -> torch.Tensor:
+        return torch.softmax(self.logits, 0) * self.scale                        # [layers]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """[..., layers * H] -> [..., H]; padding (zeros) stays zero."""
+        x = x.unflatten(-1, (self.layers, self.hidden))                          # [..., layers, H]
+        return torch.einsum("...lh,l->...h", x, self.weights().to(x.dtype))
 
 
 @dataclass
@@ -145,7 +166,7 @@ class TurnLayout:
 
 
 class SchemaEncoder(nn.Module):
-    def __init__(self, bert, tokenizer, max_len: int = 512, layers: int = 1):
+    def __init__(self, bert, tokenizer, max_len: int = 512, layers: int = 1, stack: bool = False):
         super().__init__()
         n = bert.config.num_hidden_layers + 1          # the embeddings' output counts as a layer
         if not 1 <= layers <= n:
@@ -153,6 +174,11 @@ class SchemaEncoder(nn.Module):
         # output = mean of the last ``layers`` hidden states: the top layer of a model trained for
         # one objective (MiniLM's: sentence similarity) keeps less of each word than the ones below
         self.layers = layers
+        # stack (--bert_mix): each vector is the last ``layers`` hidden states side by side,
+        # [..., layers * H], for a learnt ScalarMix to weigh. Pooling pieces into words and units
+        # is linear, so mixing the pooled layers equals pooling the mixed ones, and a frozen
+        # encoder's cache can keep the layers and leave the weights to training.
+        self.stack = stack
         self.bert = bert
         self.tokenizer = tokenizer
         self.max_len = min(max_len, bert.config.max_position_embeddings)
@@ -199,6 +225,9 @@ class SchemaEncoder(nn.Module):
         the top layers over them. On a CPU this buys the top layers' adaptation to SQL for a
         fraction of a full fine-tuning step."""
         n = self.bert.config.num_hidden_layers
+        if self.stack:
+            raise EncoderLoadError("--tune_top_layers cannot go with --bert_mix: the frozen layers' states "
+                                   "are kept summed, not one per layer")
         if not 1 <= k < n:
             raise EncoderLoadError(f"--tune_top_layers {k}: this encoder has {n} layers; tune 1 to {n - 1} "
                                    "of them (all of them is plain fine-tuning, none is --fix_bert)")
@@ -320,8 +349,12 @@ class SchemaEncoder(nn.Module):
                 with torch.set_grad_enabled(torch.is_grad_enabled() and not self.fixed):
                     out = self.bert(input_ids=ids, attention_mask=att, token_type_ids=types,
                                     output_hidden_states=self.layers > 1)
-                    h = (out.last_hidden_state if self.layers == 1
-                         else torch.stack(out.hidden_states[-self.layers:]).mean(0))      # [n, T, H]
+                    if self.stack:
+                        h = torch.stack(out.hidden_states[-self.layers:], 2)             # [n, T, layers, H]
+                    elif self.layers == 1:
+                        h = out.last_hidden_state                                         # [n, T, H]
+                    else:
+                        h = torch.stack(out.hidden_states[-self.layers:]).mean(0)         # [n, T, H]
             outs.append(h.reshape(n * T, -1))
             for i, k in enumerate(chunk):
                 start[k] = offset + i * T
@@ -340,6 +373,11 @@ class SchemaEncoder(nn.Module):
     def _layer(layer, h, mask):
         out = layer(h, mask)
         return out[0] if isinstance(out, tuple) else out     # older transformers return a tuple
+
+    @property
+    def out_size(self) -> int:
+        """The width of each output vector: H, or layers * H when stacked."""
+        return self.hidden_size * (self.layers if self.stack else 1)
 
     def _averaged(self) -> range:
         """Indices of the hidden states averaged into the output (0: the embeddings)."""

@@ -33,6 +33,8 @@ def encoder_fingerprint(encoder) -> str:
     h.update(f"{encoder.max_len}|{len(encoder.tokenizer)}".encode())
     if encoder.layers != 1:      # (the last layer alone keeps the old fingerprints)
         h.update(f"|layers={encoder.layers}".encode())
+    if encoder.stack:            # (each vector holds the layers side by side: another shape)
+        h.update(b"|stack")
     if encoder.tuned:
         h.update(f"|tuned={encoder.tuned}|{encoder.state_dtype}".encode())
     return h.hexdigest()[:24]

@@ -32,7 +32,7 @@ from torch import nn
 from .attention import JointLayer, UtteranceDBAttention
 from .decoder import (NEG, Decoder, DecoderMemory, PreviousQueryEncoder, UtteranceRNN, same_table,
                       unit_table_ids)
-from .encoder import SchemaEncoder
+from .encoder import ScalarMix, SchemaEncoder
 from .encoder_cache import entry_key
 from .schema import UNIT_KINDS
 from .tensors import to_device
@@ -49,7 +49,7 @@ def module_of(param_name: str) -> str:
         return "encoder"
     if head == "attention":
         return "attention"
-    if head in ("link", "unit_type", "utt_rnn", "joint"):      # trainable layers over the encoder's outputs
+    if head in ("layer_mix", "link", "unit_type", "utt_rnn", "joint"):      # trainable layers over the encoder's outputs
         return "attention"
     if head in ("summary", "turn_rnn", "history"):
         return "turn_rnn"
@@ -208,6 +208,9 @@ class Text2SQL(nn.Module):
         self.max_turn = max_turn
         self.use_unit_mask = unit_mask
         self.encoder = encoder
+        # --bert_mix: the encoder hands over its layers side by side; their weights train here,
+        # with the layers over the encoder, so a frozen encoder's cache keeps serving them
+        self.layer_mix = ScalarMix(encoder.layers, H) if encoder.stack else None
         self.attention = UtteranceDBAttention(H)
         self.summary = TurnSummary(H, turn_size)
         self.turn_rnn = TurnRNN(turn_size, turn_size)
@@ -270,10 +273,14 @@ class Text2SQL(nn.Module):
         unit_mask [N, U]."""
         db_ids, utterances, schemas = (list(x) for x in zip(*rows))
         if self.encoder.fixed:
-            return self._encode_cached(utterances, schemas, db_ids)
-        states = self._bottom_cached(utterances, schemas, db_ids) if self.encoder.tuned else None
-        out = self.encoder(utterances, schemas, states=states)
-        return out.utterance, out.utterance_mask, out.units, out.unit_mask
+            utt, utt_mask, units, unit_mask = self._encode_cached(utterances, schemas, db_ids)
+        else:
+            states = self._bottom_cached(utterances, schemas, db_ids) if self.encoder.tuned else None
+            out = self.encoder(utterances, schemas, states=states)
+            utt, utt_mask, units, unit_mask = out.utterance, out.utterance_mask, out.units, out.unit_mask
+        if self.layer_mix is not None:          # [N, W, layers * H] -> [N, W, H]
+            utt, units = self.layer_mix(utt), self.layer_mix(units)
+        return utt, utt_mask, units, unit_mask
 
     def _memoised(self, store: dict, db_ids, utterances, schemas, load, compute, save) -> list:
         """Per row, a frozen computation's value for its (database, utterance), each computed once:

@@ -135,7 +135,7 @@ def build_encoder(cfg: TrainConfig):
         over = ({} if cfg.bert_attention_dropout is None
                 else {"attention_probs_dropout_prob": cfg.bert_attention_dropout})
         bert, tok = load_bert(resolve_bert(cfg.bert), **over)
-    enc = SchemaEncoder(bert, tok, layers=cfg.bert_layers)
+    enc = SchemaEncoder(bert, tok, layers=cfg.bert_layers, stack=cfg.bert_mix)
     if cfg.fix_bert:
         enc.fix()
     elif cfg.tune_top_layers:
