@@ -6,7 +6,8 @@ import pytest
 
 from conftest import shared_path
 from text2sql.evaluation import (components, evaluate_files, execution_match, exact_match, hardness,
-                                 matches, partial_scores, read_gold, read_predictions, write_predictions)
+                                 matches, partial_scores, read_gold, read_predictions, write_predictions,
+                                 EMPTY_PREDICTION)
 from text2sql.sql_tokens import parse_sql
 
 JOIN = ("SELECT T1.name FROM singer AS T1 JOIN singer_in_concert AS T2 ON T1.singer_id = T2.singer_id "
@@ -170,6 +171,21 @@ def test_evaluate_files_by_hand(tmp_path, concert_schema):
     assert r["by_hardness"]["all"]["count"] == 5
     assert sum(r["by_hardness"][h]["count"] for h in ("easy", "medium", "hard", "extra")) == 5
     assert r["unparsable"] == []
+    turns = []                 # each turn's own verdict, in file order, as matches() gives it
+    evaluate_files(g, p, t, turns=turns)
+    assert turns == [matches(gs, ps, concert_schema) for gi, pi in zip(gold, preds) for gs, ps in zip(gi, pi)]
+    assert [o for o, _ in turns] == [True, False, True, True, True]      # values are not compared
+
+    # an empty prediction keeps its line: the turns after it stay on their own gold queries
+    preds[0][1] = ""
+    g, p, t = _write(tmp_path, concert_schema, gold, preds)
+    assert [len(b) for b in read_predictions(p)] == [3, 2]
+    turns = []
+    r = evaluate_files(g, p, t, turns=turns)
+    assert [o for o, _ in turns] == [True, False, True, True, True]      # values are not compared
+    assert [u["turn"] for u in r["unparsable"]] == [1] and r["unparsable"][0]["sql"] == EMPTY_PREDICTION
+    preds[0][1] = "SELECT name FROM singer WHERE age < 30"
+    g, p, t = _write(tmp_path, concert_schema, gold, preds)
 
     # one unparsable prediction and one missing turn: 3 of 5 right, no interaction fully right
     preds[0][0] = "SELECT nonexistent FROM singer"
@@ -290,3 +306,17 @@ def test_execution_accuracy_on_the_shipped_tiny_databases(tmp_path):
     n = r["by_hardness"]["all"]["count"]
     assert abs(r["question_match"] - 100.0 * (n - n_flipped) / n) < 1e-9
     assert r["exec_acc"] < 100.0
+
+
+def test_rows_take_the_evaluators_verdicts_and_are_matched_again_when_they_do_not_line_up(concert_schema):
+    from text2sql.inference import _set_row_matches
+    rows = [{"db_id": "concerts", "gold": "SELECT name FROM singer", "predicted": "SELECT DISTINCT name FROM singer"},
+            {"db_id": "concerts", "gold": "SELECT age FROM singer", "predicted": "SELECT name FROM singer"}]
+    _set_row_matches(rows, [(True, False), (False, False)], {"concerts": concert_schema})
+    assert [(r["exact_match"], r["strict_match"]) for r in rows] == [(True, False), (False, False)]
+    # one verdict for two rows (an edited file): each row is matched from its own queries
+    _set_row_matches(rows, [(False, False)], {"concerts": concert_schema})
+    assert [(r["exact_match"], r["strict_match"]) for r in rows] == [(True, False), (False, False)]
+    rows[1]["predicted"] = "SELECT FROM WHERE"                 # unparsable: wrong, not an error
+    _set_row_matches(rows, [], {"concerts": concert_schema})
+    assert (rows[1]["exact_match"], rows[1]["strict_match"]) == (False, False)

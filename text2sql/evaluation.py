@@ -603,9 +603,16 @@ def _write_blocks(path, interactions) -> None:
             f.write("\n")
 
 
+EMPTY_PREDICTION = "<empty prediction>"
+
+
 def write_predictions(path, interactions) -> None:
-    """The inverse of :func:`read_predictions` (newlines inside a query become spaces)."""
-    _write_blocks(path, [[" ".join(str(sql).split()) for sql in inter] for inter in interactions])
+    """The inverse of :func:`read_predictions` (newlines inside a query become spaces). An empty
+    query (a decoder that stopped at once) is written as ``EMPTY_PREDICTION``, which no reader
+    parses, instead of a blank line, which would end the interaction there and shift every later
+    turn of the file onto the wrong gold query."""
+    _write_blocks(path, [[" ".join(str(sql).split()) or EMPTY_PREDICTION for sql in inter]
+                         for inter in interactions])
 
 
 def write_gold(path, interactions) -> None:
@@ -670,7 +677,8 @@ def _turn_key(t: int) -> str:
     return str(t) if t <= 3 else "4+"
 
 
-def evaluate_files(gold_path, pred_path, tables_path, db_dir=None, timeout: float = 5.0) -> dict:
+def evaluate_files(gold_path, pred_path, tables_path, db_dir=None, timeout: float = 5.0,
+                   turns: list | None = None) -> dict:
     """Score a prediction file against a gold file (official formats). Percentages 0-100.
 
     Prediction interactions and turns are aligned by position; a missing one is wrong. A
@@ -678,10 +686,16 @@ def evaluate_files(gold_path, pred_path, tables_path, db_dir=None, timeout: floa
     ``db_dir`` (``db_dir/<db_id>/<db_id>.sqlite``), ``exec_acc`` is over the questions whose
     gold runs. ``question_match`` and ``interaction_match`` are the official metric's; ``strict``
     holds the same figures with join conditions and DISTINCT compared too (module docstring).
+    ``turns``: a list that gets each gold turn's ``(official, strict)`` match, in file order, so a
+    caller with per-turn rows need not parse every query a second time.
     """
-    gold = read_gold(gold_path)
-    preds = read_predictions(pred_path)
-    schemas = load_tables(tables_path)
+    return score_interactions(read_gold(gold_path), read_predictions(pred_path), load_tables(tables_path),
+                              db_dir, timeout, turns)
+
+
+def score_interactions(gold: list[list[tuple[str, str]]], preds: list[list[str]], schemas: dict,
+                       db_dir=None, timeout: float = 5.0, turns: list | None = None) -> dict:
+    """``evaluate_files`` on what ``read_gold``, ``read_predictions`` and ``load_tables`` read."""
     levels = HARDNESS + ("all",)
     by_h = {h: {"count": 0, "exact": 0, "exec": 0, "_exec_n": 0} for h in levels}
     by_t: dict[str, dict] = {}
@@ -728,6 +742,8 @@ def evaluate_files(gold_path, pred_path, tables_path, db_dir=None, timeout: floa
                     dbp = Path(db_dir) / db / f"{db}.sqlite"
                     ex = execution_match(gsql, psql, dbp, timeout) if psql is not None else \
                         (None if execution_match(gsql, "SELECT 1", dbp, timeout) is None else False)
+            if turns is not None:
+                turns.append((bool(right), bool(strict)))
             n_right += right
             all_right &= right
             n_strict += strict

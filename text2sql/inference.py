@@ -218,25 +218,23 @@ def _evaluate_run(args) -> dict:
         for t, (turn, ids) in enumerate(zip(inter.turns, p)):
             sql, toks, problem = ids_to_sql(ids, vocab, schema)
             sqls.append(sql)
-            try:
-                match, strict = matches(turn.query, sql, schema)
-            except Exception:   # the evaluator lists what it cannot parse; here it is simply wrong
-                match = strict = False
             rows.append({"interaction": inter.index, "turn": t, "db_id": inter.db_id,
                          "utterance": turn.utterance, "gold": turn.query, "predicted": sql,
-                         "tokens": toks, "gold_tokens": ex.tokens[t], "exact_match": bool(match),
-                         "strict_match": bool(strict),
+                         "tokens": toks, "gold_tokens": ex.tokens[t], "exact_match": None,
+                         "strict_match": None,
                          "string_match": toks == ex.tokens[t], "problem": problem})
         sql_by_inter.append(sqls)
     write_gold(gold_path, [[(t.query, inter.db_id) for t in inter.turns] for inter in items])
     write_predictions(pred_path, sql_by_inter)
-    with open(os.path.join(out_dir, "predictions.jsonl"), "w", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps(r) + "\n")
     from .data import SHIPPED_DATA, database_dir, tables_path
     data = args.data or cfg.data or SHIPPED_DATA
     tables, db_dir = tables_path(data, cfg.tables), database_dir(data)
-    report = evaluate_files(gold_path, pred_path, tables, db_dir)
+    turn_matches: list = []      # the evaluator's own verdict per turn, for the rows
+    report = evaluate_files(gold_path, pred_path, tables, db_dir, turns=turn_matches)
+    _set_row_matches(rows, turn_matches, schemas)
+    with open(os.path.join(out_dir, "predictions.jsonl"), "w", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
     report["teacher_forced"] = tf
     report["decoding"] = {"run": args.run, "tables": tables, "db_dir": db_dir,
                           "beam": args.beam, "length_penalty": args.length_penalty, "turn_beam": args.turn_beam,
@@ -306,6 +304,22 @@ def _report_tables(folder: str, report: dict, tables: str | None) -> tuple[str, 
                     "its report's first ensemble member); pass --tables tables.json")
 
 
+def _set_row_matches(rows: list[dict], turn_matches: list[tuple[bool, bool]], schemas: dict):
+    """Each predictions.jsonl row's ``exact_match`` and ``strict_match``: the evaluator's verdict
+    on the same turn (rows and gold file in the same order), or, for rows that do not line up
+    with it (an edited file), the two matched again from the row's own queries."""
+    from .evaluation import matches
+    aligned = len(rows) == len(turn_matches)
+    for i, r in enumerate(rows):
+        if aligned:
+            r["exact_match"], r["strict_match"] = turn_matches[i]
+            continue
+        try:
+            r["exact_match"], r["strict_match"] = matches(r["gold"], r["predicted"], schemas[r["db_id"]])
+        except Exception:   # the evaluator lists what it cannot parse; here it is simply wrong
+            r["exact_match"] = r["strict_match"] = False
+
+
 def rescore(folder: str, tables: str | None = None) -> list[dict]:
     """Score every ``eval_<split>.json`` in an ``evaluate`` output folder again from the gold and
     prediction files beside it, with this version's metric (a report written before it followed the
@@ -313,7 +327,7 @@ def rescore(folder: str, tables: str | None = None) -> list[dict]:
     are kept; predictions.jsonl's per-turn matches are rewritten to agree. Files are replaced
     atomically, so an interrupted rescore leaves the old report whole."""
     import json
-    from .evaluation import evaluate_files, matches, read_gold, read_predictions
+    from .evaluation import read_gold, read_predictions, score_interactions
     from .train import atomic_write_text
     names = sorted(n for n in os.listdir(folder) if n.startswith("eval_") and n.endswith(".json")) \
         if os.path.isdir(folder) else []
@@ -334,28 +348,29 @@ def rescore(folder: str, tables: str | None = None) -> list[dict]:
                 raise DataError(f"{path}: {os.path.basename(need)} is not beside it, so it cannot be re-scored")
         # evaluate writes one predictions.txt per folder: a folder scored on two splits keeps only the
         # last one's, and scoring the other split's gold against it would be silently wrong
-        pred_shape = [len(b) for b in read_predictions(pred)]
-        if pred_shape != [len(b) for b in read_gold(gold)] or old.get("questions", sum(pred_shape)) != sum(pred_shape):
+        gold_sql, pred_sql = read_gold(gold), read_predictions(pred)
+        pred_shape = [len(b) for b in pred_sql]
+        if pred_shape != [len(b) for b in gold_sql] or old.get("questions", sum(pred_shape)) != sum(pred_shape):
             raise DataError(f"{path}: predictions.txt beside it is not of this report (other interactions or "
                             "turns: evaluate wrote another split here since)")
         tables_file, db_dir = _report_tables(folder, old, tables)
-        report = evaluate_files(gold, pred, tables_file, db_dir)
+        schemas = load_tables(tables_file)
+        turn_matches: list = []
+        report = score_interactions(gold_sql, pred_sql, schemas, db_dir, turns=turn_matches)
         for key in ("teacher_forced", "decoding"):
             if key in old:
                 report[key] = old[key]
         rows_path = os.path.join(folder, "predictions.jsonl")
         if os.path.isfile(rows_path):
-            schemas = load_tables(tables_file)
-            rows = []
             with open(rows_path, encoding="utf-8") as f:
-                for line in f:
-                    r = json.loads(line)
-                    try:
-                        r["exact_match"], r["strict_match"] = matches(r["gold"], r["predicted"], schemas[r["db_id"]])
-                    except Exception:
-                        r["exact_match"] = r["strict_match"] = False
-                    rows.append(json.dumps(r) + "\n")
-            atomic_write_text(rows_path, "".join(rows))
+                rows = [json.loads(line) for line in f if line.strip()]
+            # rows line up with the files when each names the gold and prediction at its position
+            flat = [(g, p) for gi, pi in zip(gold_sql, pred_sql) for (g, _), p in zip(gi, pi)]
+            if len(rows) != len(flat) or any((r.get("gold", "").strip(), r.get("predicted", "").strip())
+                                             != (g.strip(), p.strip()) for r, (g, p) in zip(rows, flat)):
+                turn_matches = []        # matched again row by row
+            _set_row_matches(rows, turn_matches, schemas)
+            atomic_write_text(rows_path, "".join(json.dumps(r) + "\n" for r in rows))
         atomic_write_text(path, json.dumps(report, indent=1))
         out.append({"report": path, "before": {k: old.get(k) for k in ("question_match", "interaction_match")},
                     **{k: report[k] for k in ("question_match", "interaction_match", "strict")}})
