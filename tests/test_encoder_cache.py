@@ -60,6 +60,18 @@ def test_changed_weights_use_another_folder(concert_data, tmp_path):
     assert len(os.listdir(cache)) == 2
 
 
+def test_the_memory_cache_holds_each_rows_own_vectors_not_views_of_the_padded_batch(concert_data, tmp_path):
+    """Rows of one encoder call are padded to its longest utterance (and biggest schema); a cached
+    row must own just its vectors, or every call's padded tensor stays in memory for the run."""
+    tr = Trainer(cfg_for(concert_data, tmp_path / "a", fix_bert=True, cache_dir=""), log=quiet, progress=False)
+    encode_all(tr)
+    lengths = {t.shape[0] for utt, _ in tr.model._cache.values() for t in [utt]}
+    assert len(lengths) > 1                       # utterances of several lengths were padded together
+    for utt, units in tr.model._cache.values():
+        for t in (utt, units):
+            assert t.untyped_storage().nbytes() == t.numel() * t.element_size()
+
+
 def test_averaging_other_layers_uses_another_folder(concert_data, tmp_path):
     cache = str(tmp_path / "cache")
     a = Trainer(cfg_for(concert_data, tmp_path / "a", fix_bert=True, cache_dir=cache), log=quiet, progress=False)

@@ -372,7 +372,11 @@ class Text2SQL(nn.Module):
             with full_precision(dev):
                 out = self.encoder([utterances[i] for i in rows], [schemas[i] for i in rows])
             n_words, n_units = out.utterance_mask.sum(1).tolist(), out.unit_mask.sum(1).tolist()
-            return [(out.utterance[j, :n_words[j]].detach(), out.units[j, :n_units[j]].detach())
+            # copies, not views: a view keeps the whole call's padded [N, W, H] and [N, U, H]
+            # alive for as long as any of its rows is cached, and a batch mixing a small schema
+            # with SParC's biggest pads every row to the biggest (a recipe run held 5.9 GB for
+            # 0.8 GB of vectors; with --bert_mix's 7 stacked layers, 17 GB before epoch 1 ended)
+            return [(out.utterance[j, :n_words[j]].detach().clone(), out.units[j, :n_units[j]].detach().clone())
                     for j in range(len(rows))]
 
         rows = self._memoised(self._cache, db_ids, utterances, schemas, load, compute,
