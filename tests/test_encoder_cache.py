@@ -99,6 +99,11 @@ def test_a_scalar_mix_over_a_frozen_encoder_starts_as_the_mean_learns_and_reuses
     logits = mix.model.layer_mix.logits.detach().clone()
     mix.run()
     assert not torch.allclose(mix.model.layer_mix.logits, logits)
+    import json                    # the weights each evaluation scored with are logged beside it
+    rows = [json.loads(l) for l in open(os.path.join(mix.run_dir, "metrics.jsonl"))]
+    assert rows and all(len(r["layer_mix"]) == 2 for r in rows)
+    w = mix.model.layer_mix.weights().tolist()
+    assert rows[-1]["layer_mix"] == [round(x, 4) for x in w] and rows[-1]["layer_mix"] != [0.5, 0.5]
     assert all(torch.equal(p, bert_before[n]) for n, p in mix.model.encoder.bert.named_parameters())
     again = Trainer(cfg_for(concert_data, tmp_path / "again", fix_bert=True, cache_dir=cache, bert_layers=2,
                             bert_mix=True), log=quiet, progress=False)

@@ -571,11 +571,16 @@ class Trainer:
                "token_acc_pooled": metrics["token_acc_pooled"], "seconds": round(self.elapsed, 2)}
         if "train_loss" in metrics:      # the mean loss of the epoch's optimiser steps
             row["train_loss"] = metrics["train_loss"]
+        mix = getattr(self.model, "layer_mix", None)
+        if mix is not None:              # --bert_mix: what the weights scored here give each layer
+            row["layer_mix"] = [round(w, 4) for w in mix.weights().tolist()]
         with open(os.path.join(self.run_dir, "metrics.jsonl"), "a") as f:
             f.write(json.dumps(row) + "\n")
         for k in ("loss", "keyword_loss", "db_loss", "token_acc", "token_acc_pooled", "string_acc",
                   "keyword_acc", "db_acc"):
             self.writer.add_scalar(f"{split}/{k}", metrics[k], self.epoch)
+        for i, w in enumerate(row.get("layer_mix", ())):     # hidden state i of the mixed ones, lowest first
+            self.writer.add_scalar(f"{split}/layer_mix_{i}", w, self.epoch)
         return row
 
     def run(self):
