@@ -24,6 +24,9 @@ DATA="${1:-../shared/data/sparc}"
 LOGS="${2:-logs}"
 shift 2 || shift $# || true
 HERE="$(cd "$(dirname "$0")" && pwd)"
+# the members were measured with the recipe's earlier encoder output, the mean of the last 4 hidden
+# states; the recipe's layer mix (its default since) would make them other runs than the measured ones
+export MIX=0
 
 # does scripts/train_sparc.sh add --amp by itself here (no GPU, a CPU with bf16 units, AMP not 0)?
 if [ "${AMP:-1}" != 0 ] && python -c "import sys, torch; from text2sql.tensors import has_bf16; \

@@ -22,6 +22,8 @@ def test_train_sparc_recipe_runs_both_phases_and_resumes(tmp_path):
         {"after_epoch": 10, "step": 40, "changed": {"epochs": [10, 16], "lr": [3e-4, 1e-4]}}]
     cfg = json.load(open(run / "config.json"))
     assert cfg["utterance_rnn"] and cfg["bert_layers"] == 2 and cfg["remove_from"]
+    # the learnt layer mix is the recipe's (extra flags override its --bert_layers 7, not the mix)
+    assert cfg["bert_mix"]
     assert cfg["unit_types"] and cfg["previous_tables"] and cfg["sample_previous"] == 0.0
     assert cfg["label_smoothing"] == 0.1 and cfg["ema"] == 0.999
     # bf16 autocast exactly where the CPU has bf16 units (env AMP=0 would keep float32)
@@ -60,6 +62,8 @@ def test_ensemble_script_trains_the_four_members_and_decodes_their_ensemble(tmp_
     assert [cfgs[m]["seed"] for m in members] == [3, 3 if amp else 5, 4, 4]
     assert [cfgs[m]["amp"] for m in members] == [False, amp, amp, amp]
     assert [cfgs[m]["previous_utterances"] for m in members] == [0, 0, 0, 3]
+    # measured with the mean of the last layers: MIX=0 for every member
+    assert not any(cfgs[m]["bert_mix"] for m in members)
     assert all(len([l for l in open(logs / m / "metrics.jsonl") if '"valid"' in l]) == 16 for m in members)
     report = json.load(open(logs / "ensemble4" / "beam4_turn2" / "eval_dev.json"))
     dec = report["decoding"]
