@@ -15,8 +15,8 @@
 # --bert_layers 4), read by EditSQL's utterance BiLSTM (--utterance_rnn); each DB unit marked by
 # its kind and key role (--unit_types) and by whether the previous query used its table
 # (--previous_tables); label smoothing 0.1 (over two seeds, +0.9 token / +2.8 string accuracy and
-# +3.0 question / +1.5 interaction match against the
-# three runs without it: docs/experiments.md, tenth session); validation, best.pt and decoding with a
+# +3.0 question / +1.5 interaction match against the three runs without it: docs/experiments.md,
+# tenth session); validation, best.pt and decoding with a
 # moving average of the weights (--ema 0.999: over four runs, +1.1 question / +0.9 interaction match
 # against the same checkpoints' raw weights, eleventh session); --lr 3e-4 for 10 epochs, then a decay
 # by hand to 1e-4 for epochs 11-16. Gold previous queries in training: over two seeds,
@@ -38,9 +38,11 @@ set -euo pipefail
 DATA="${1:-../shared/data/sparc}"
 RUN="${2:-logs/sparc_official}"
 shift 2 || shift $# || true
+TUNE_TOP=0   # extra flags fine-tune the top layers: their own freezing, and no layer mix (refused)
+if [[ " $* " == *" --tune_top_layers "* ]]; then TUNE_TOP=1; fi
 if python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
   ENCODER=(--device cuda --amp --lr_bert 1e-5)
-elif [[ " $* " == *" --tune_top_layers "* ]]; then
+elif [ "$TUNE_TOP" = 1 ]; then
   ENCODER=()           # the top layers fine-tuned over the frozen rest (the flag's own freezing)
 else
   ENCODER=(--fix_bert)
@@ -50,8 +52,8 @@ if [ "${AMP:-1}" != 0 ] && [[ " ${ENCODER[*]} " != *" --amp "* ]] && python -c \
   ENCODER+=(--amp)
 fi
 
-# the layer mix; not with --tune_top_layers, whose tuned layers give one output (refused together)
-if [ "${MIX:-1}" != 0 ] && [[ " $* " != *" --tune_top_layers "* ]]; then
+# the layer mix; not with --tune_top_layers, whose tuned layers give one output
+if [ "${MIX:-1}" != 0 ] && [ "$TUNE_TOP" = 0 ]; then
   LAYERS=(--bert_layers 7 --bert_mix)
 else
   LAYERS=(--bert_layers 4)
