@@ -199,3 +199,34 @@ def test_entries_written_under_amp_are_the_float32_ones(concert_data, tmp_path, 
     for k in plain:
         a, b = flat(plain[k]), flat(amp[k])
         assert a and len(a) == len(b) and all(x.dtype == y.dtype and torch.equal(x, y) for x, y in zip(a, b)), k
+
+
+def test_a_faster_mix_learns_in_its_own_group_and_follows_a_resumed_lr(concert_data, tmp_path):
+    """--mix_lr_factor: the mix's two parameters, and nothing else, learn at factor x --lr, from
+    the first step and after a resume that lowers --lr; with the factor, the mix moves further in
+    the same steps than at 1."""
+    from text2sql.config import ConfigError, TrainConfig
+    cache = str(tmp_path / "cache")
+    runs = {}
+    for f in (1.0, 30.0):
+        tr = Trainer(cfg_for(concert_data, tmp_path / f"f{f:g}", fix_bert=True, cache_dir=cache, bert_layers=2,
+                             bert_mix=True, mix_lr_factor=f, epochs=1), log=quiet, progress=False)
+        runs[f] = tr
+    slow, fast = runs[1.0], runs[30.0]
+    assert [g["name"] for g in slow.opt.param_groups] == ["rest"]     # as before the flag
+    groups = {g["name"]: g for g in fast.opt.param_groups}
+    mix = {id(p) for p in fast.model.layer_mix.parameters()}
+    assert {id(p) for p in groups["mix"]["params"]} == mix and len(mix) == 2
+    assert not mix & {id(p) for p in groups["rest"]["params"]}
+    assert groups["mix"]["lr"] == pytest.approx(30 * fast.cfg.lr)
+    moved = {}
+    for f, tr in runs.items():
+        start = tr.model.layer_mix.logits.detach().clone()
+        tr.run()
+        moved[f] = (tr.model.layer_mix.logits.detach() - start).abs().max().item()
+    assert moved[30.0] > 3 * moved[1.0] > 0
+    resumed = Trainer(TrainConfig(resume=fast.run_dir, epochs=2, lr=fast.cfg.lr / 4), log=quiet, progress=False)
+    lrs = {g["name"]: g["lr"] for g in resumed.opt.param_groups}
+    assert lrs["mix"] == pytest.approx(30 * lrs["rest"]) and lrs["rest"] == pytest.approx(fast.cfg.lr / 4)
+    with pytest.raises(ConfigError, match="needs --bert_mix"):
+        TrainConfig(mix_lr_factor=10).check()

@@ -86,6 +86,9 @@ class TrainConfig:
     bert_mix: bool = _f(False, "learn how the --bert_layers hidden states are mixed instead of averaging them: "
                                "softmax-normalised weights times a learnt scale (ELMo's scalar mix), starting "
                                "from the plain mean; with --fix_bert the cache keeps each of those layers")
+    mix_lr_factor: float = _f(1.0, "with --bert_mix, the mix's weights learn at this multiple of --lr (its "
+                                   "own optimiser group, following --lr when a resume changes it): at 1 "
+                                   "they moved about 0.0006 an epoch")
     fix_bert: bool = _f(False, "freeze the encoder (its outputs are then computed once and cached)")
     tune_top_layers: int = _f(0, "fine-tune only the encoder's top N layers (0: all of them, unless --fix_bert); "
                                  "the embeddings and the layers below are frozen, and their outputs are "
@@ -149,6 +152,10 @@ class TrainConfig:
         if self.bert_mix and self.tune_top_layers:
             raise ConfigError("--bert_mix cannot go with --tune_top_layers: the frozen layers' cached states "
                               "are kept summed, not one per layer")
+        if self.mix_lr_factor != 1.0 and not self.bert_mix:
+            raise ConfigError(f"--mix_lr_factor {self.mix_lr_factor} needs --bert_mix (the weights it speeds up)")
+        if self.mix_lr_factor <= 0:
+            raise ConfigError(f"--mix_lr_factor {self.mix_lr_factor}: must be > 0")
         if self.bert_mix and self.bert_layers < 2:
             raise ConfigError("--bert_mix needs --bert_layers N >= 2 (the hidden states it mixes)")
         if self.sample_previous and self.unbatched:

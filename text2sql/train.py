@@ -184,6 +184,11 @@ def trainable(model: Text2SQL) -> tuple[list, list]:
 def make_optimizer(model: Text2SQL, cfg: TrainConfig):
     bert, rest = trainable(model)
     groups = [{"params": rest, "lr": cfg.lr, "name": "rest"}]
+    if cfg.mix_lr_factor != 1.0 and model.layer_mix is not None:
+        # its own group only when it learns faster, so that earlier runs' optimiser states still load
+        mix = {id(p) for p in model.layer_mix.parameters()}
+        groups = [{"params": [p for p in rest if id(p) not in mix], "lr": cfg.lr, "name": "rest"},
+                  {"params": list(model.layer_mix.parameters()), "lr": cfg.lr * cfg.mix_lr_factor, "name": "mix"}]
     if bert and not cfg.fix_bert:
         groups.append({"params": bert, "lr": cfg.lr_bert, "name": "bert"})
     # one fused kernel (or a few foreach ones) instead of a dozen ops per parameter tensor: with
@@ -195,6 +200,11 @@ def make_optimizer(model: Text2SQL, cfg: TrainConfig):
     warm = max(cfg.warmup, 0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
     return opt, sched
+
+
+def base_lr(cfg: TrainConfig, group: str) -> float:
+    """The learning rate an optimiser group of make_optimizer's starts from (before warm-up)."""
+    return {"rest": cfg.lr, "bert": cfg.lr_bert, "mix": cfg.lr * cfg.mix_lr_factor}[group]
 
 
 def grad_norm_tensor(model: Text2SQL) -> torch.Tensor:
@@ -451,7 +461,7 @@ class Trainer:
             self.skipped, self.elapsed = ck.get("skipped", 0), ck.get("elapsed", 0.0)
             set_rng_state(ck["rng"])
             # the optimiser's saved state holds the old learning rates: a changed one replaces them
-            self.sched.base_lrs = [{"rest": cfg.lr, "bert": cfg.lr_bert}[g["name"]] for g in self.opt.param_groups]
+            self.sched.base_lrs = [base_lr(cfg, g["name"]) for g in self.opt.param_groups]
             for g, base in zip(self.opt.param_groups, self.sched.base_lrs):
                 g["lr"] = base * self.sched.lr_lambdas[0](self.sched.last_epoch)
             # the run's best figure so far came from the weights it validated then; after a switch
