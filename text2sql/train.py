@@ -183,14 +183,14 @@ def trainable(model: Text2SQL) -> tuple[list, list]:
 
 def make_optimizer(model: Text2SQL, cfg: TrainConfig):
     bert, rest = trainable(model)
-    groups = [{"params": rest, "lr": cfg.lr, "name": "rest"}]
-    if cfg.mix_lr_factor != 1.0 and model.layer_mix is not None:
-        # its own group only when it learns faster, so that earlier runs' optimiser states still load
-        mix = {id(p) for p in model.layer_mix.parameters()}
-        groups = [{"params": [p for p in rest if id(p) not in mix], "lr": cfg.lr, "name": "rest"},
-                  {"params": list(model.layer_mix.parameters()), "lr": cfg.lr * cfg.mix_lr_factor, "name": "mix"}]
-    if bert and not cfg.fix_bert:
-        groups.append({"params": bert, "lr": cfg.lr_bert, "name": "bert"})
+    # the mix gets its own group only when it learns faster, so that earlier runs' optimiser
+    # states (rest, then bert) still load
+    mix = list(model.layer_mix.parameters()) if cfg.mix_lr_factor != 1.0 and model.layer_mix is not None else []
+    in_mix = {id(p) for p in mix}
+    named = [("rest", [p for p in rest if id(p) not in in_mix]), ("mix", mix),
+             ("bert", [] if cfg.fix_bert else bert)]
+    groups = [{"params": ps, "lr": base_lr(cfg, name), "name": name}
+              for name, ps in named if ps or name == "rest"]
     # one fused kernel (or a few foreach ones) instead of a dozen ops per parameter tensor: with
     # BERT's 30k-row embedding matrix the per-tensor loop was a tenth of a fine-tuning step
     try:
