@@ -30,7 +30,9 @@
 # units (AVX512-BF16, AMX; oneDNN says so) the run adds --amp: about 1.2x faster per epoch, and its
 # two seeds (3 and 4) averaged 89.18 token / 47.92 string accuracy against 88.92 / 47.49 for the
 # three float32 runs of the recipe with --ema, decoded figures within the seed spread
-# (docs/experiments.md, thirteenth session). AMP=0 keeps float32 there; other CPUs always train in
+# (docs/experiments.md, thirteenth session); in the twentieth session some --amp runs instead
+# slowed down epoch by epoch where float32 stayed steady: start those again with AMP=0 in a new
+# RUN_DIR (a resume keeps the run's precision). AMP=0 keeps float32 there; other CPUs always train in
 # float32 (autocast would emulate bf16, slower than float32).
 # Re-running the script continues where it stopped: a finished phase is skipped, a stopped one
 # resumed from its last.pt.
