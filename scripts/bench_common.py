@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import re
 import subprocess
 
@@ -14,20 +13,8 @@ SPARC = os.path.join(os.path.dirname(ROOT), "shared", "data", "sparc")
 
 
 def machine() -> str:
-    import torch
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-        cpu = names[0] if names else cpu
-    except OSError:
-        pass
-    desc = f"{os.cpu_count()} CPU cores ({cpu}), torch {torch.__version__}, {torch.get_num_threads()} threads"
-    if torch.cuda.is_available():
-        desc += f", GPU {torch.cuda.get_device_name(0)}"
-    else:
-        desc += ", no GPU"
-    return desc
+    from text2sql.tensors import describe_machine
+    return describe_machine()
 
 
 def commit() -> str:

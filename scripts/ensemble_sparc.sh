@@ -28,8 +28,11 @@ HERE="$(cd "$(dirname "$0")" && pwd)"
 # states; the recipe's layer mix (its default since) would make them other runs than the measured ones
 export MIX=0
 
-# does scripts/train_sparc.sh add --amp by itself here (no GPU, a CPU with bf16 units, AMP not 0)?
-if [ "${AMP:-1}" != 0 ] && python -c "import sys, torch; from text2sql.tensors import has_bf16; \
+# the members were measured with bf16 autocast on a CPU with bf16 units: AMP=1 for them unless
+# AMP=0 is set (scripts/train_sparc.sh keeps float32 on a CPU by default)
+export AMP="${AMP:-1}"
+# does scripts/train_sparc.sh add --amp here (no GPU, a CPU with bf16 units, AMP not 0)?
+if [ "$AMP" != 0 ] && python -c "import sys, torch; from text2sql.tensors import has_bf16; \
 sys.exit(0 if not torch.cuda.is_available() and has_bf16('cpu') else 1)"; then
   SUFFIX=_amp
   SECOND=("$LOGS/recipe_s3_amp" --seed 3)

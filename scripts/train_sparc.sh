@@ -26,14 +26,13 @@
 # thread, plus 20 to fill the cache the first time); with CUDA it is fine-tuned in bf16
 # (--device cuda --amp --lr_bert 1e-5, not yet run). On CPU, extra flags with --tune_top_layers N
 # fine-tune BERT's top N layers instead of freezing it all (their own --lr_bert; with the mean of
-# the last 4 hidden states, since the mix is refused there). On a CPU with bf16
-# units (AVX512-BF16, AMX; oneDNN says so) the run adds --amp: about 1.2x faster per epoch, and its
-# two seeds (3 and 4) averaged 89.18 token / 47.92 string accuracy against 88.92 / 47.49 for the
-# three float32 runs of the recipe with --ema, decoded figures within the seed spread
-# (docs/experiments.md, thirteenth session); in the twentieth session some --amp runs instead
-# slowed down epoch by epoch where float32 stayed steady: start those again with AMP=0 in a new
-# RUN_DIR (a resume keeps the run's precision). AMP=0 keeps float32 there; other CPUs always train in
-# float32 (autocast would emulate bf16, slower than float32).
+# the last 4 hidden states, since the mix is refused there). On a CPU the run stays in float32
+# unless AMP=1: bf16 autocast (--amp, added only where oneDNN has bf16 kernels) is 1.2x faster per
+# epoch on the AMD EPYC hosts this VM had until the thirteenth session, to the same figures within
+# the seed spread, but 1.4x slower on the Intel host with AMX of the twenty-first session, and in
+# the twentieth some --amp runs slowed epoch by epoch where float32 stayed steady
+# (docs/experiments.md, twenty-first session). Measure it first (scripts/bench_train.py prints
+# both); a resume keeps the run's precision.
 # Re-running the script continues where it stopped: a finished phase is skipped, a stopped one
 # resumed from its last.pt.
 set -euo pipefail
@@ -49,7 +48,7 @@ elif [ "$TUNE_TOP" = 1 ]; then
 else
   ENCODER=(--fix_bert)
 fi
-if [ "${AMP:-1}" != 0 ] && [[ " ${ENCODER[*]} " != *" --amp "* ]] && python -c \
+if [ "${AMP:-0}" != 0 ] && [[ " ${ENCODER[*]} " != *" --amp "* ]] && python -c \
     "import sys; from text2sql.tensors import has_bf16; sys.exit(0 if has_bf16('cpu') else 1)"; then
   ENCODER+=(--amp)
 fi

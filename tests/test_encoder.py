@@ -130,6 +130,29 @@ def test_stacked_layers_are_the_hidden_states_that_the_mean_and_a_scalar_mix_com
         SchemaEncoder(bert, tok, layers=2, stack=True).tune_top(1)
 
 
+def test_the_scalar_mix_stays_in_its_inputs_precision_under_autocast():
+    """--amp with a frozen encoder: the mix reads the cache's float32 states. Under autocast it
+    must neither round them to bf16 (the figures would change with --amp for no speed: the sum is
+    bound by memory) nor copy the whole stack each step; it sums in float32, gradients included."""
+    from text2sql.encoder import ScalarMix
+    torch.manual_seed(0)
+    k, H = 7, 16
+    x = torch.randn(3, 5, k * H)
+    mix = ScalarMix(k, H)
+    with torch.no_grad():
+        mix.logits.copy_(torch.randn(k))
+    want = mix(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = mix(x)
+    assert got.dtype == torch.float32
+    assert torch.equal(got, want)
+    got.sum().backward()
+    assert mix.logits.grad is not None and torch.isfinite(mix.logits.grad).all()
+    # bf16 states (a fine-tuned encoder under autocast on a GPU) are summed in bf16
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert mix(x.bfloat16()).dtype == torch.bfloat16
+
+
 def test_chunking_matches_encoding_each_chunk_alone(tiny):
     e = make(tiny, max_len=24)
     words = ["names", "of", "singers"]

@@ -12,6 +12,7 @@ def test_train_sparc_recipe_runs_both_phases_and_resumes(tmp_path):
     run = tmp_path / "run"
     env = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"],
            "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    env.pop("AMP", None)
     cmd = ["bash", "scripts/train_sparc.sh", os.path.join("data", "spider_cosql", "tiny"), str(run),
            "--bert", "tiny", "--bert_layers", "2", "--cache_dir", "", "--decoder_size", "32", "--turn_size", "32"]
     p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
@@ -26,9 +27,8 @@ def test_train_sparc_recipe_runs_both_phases_and_resumes(tmp_path):
     assert cfg["bert_mix"]
     assert cfg["unit_types"] and cfg["previous_tables"] and cfg["sample_previous"] == 0.0
     assert cfg["label_smoothing"] == 0.1 and cfg["ema"] == 0.999
-    # bf16 autocast exactly where the CPU has bf16 units (env AMP=0 would keep float32)
-    from text2sql.tensors import has_bf16
-    assert cfg["amp"] == (has_bf16("cpu") and os.environ.get("AMP") != "0")
+    # float32 on a CPU, even one with bf16 units, unless AMP=1 (scripts/ensemble_sparc.sh sets it for its members, below)
+    assert cfg["amp"] is False
     # the average validates; the raw weights are logged beside it
     assert len([l for l in open(run / "metrics.jsonl") if '"valid_raw"' in l]) == 16
     report = json.load(open(run / "beam4" / "eval_dev.json"))

@@ -180,6 +180,25 @@ def test_statuses(logdir, capsys):
     assert rows["starting"]["problems"] == []
 
 
+def test_a_run_names_the_machine_of_each_epoch(logdir):
+    """The same VM comes on hosts of different speeds: each epoch's train row, and status.json, say
+    which CPU (and bf16 unit) ran it, so that epoch times can be compared across runs."""
+    import os
+
+    import torch
+
+    from text2sql.tensors import has_bf16
+    status = json.loads((logdir / "mt1" / "status.json").read_text())
+    rows = [json.loads(l) for l in open(logdir / "mt1" / "metrics.jsonl")]
+    train_rows = [r for r in rows if r["split"] == "train"]
+    assert len(train_rows) == 2 and all(r["machine"] == status["machine"] for r in train_rows)
+    assert status["machine"].startswith(f"{os.cpu_count()} CPU cores (")
+    assert f"torch {torch.__version__}" in status["machine"]
+    assert any(u in status["machine"] for u in ("AMX", "AVX512-BF16", "bf16 units")) == has_bf16("cpu")
+    # validation rows carry the figures only
+    assert not any("machine" in r for r in rows if r["split"] != "train")
+
+
 def test_a_live_run_on_this_host_is_running(logdir):
     run = load_run(str(logdir / "mt1"))
     run.status = dict(run.status, status="running", pid=os.getpid())

@@ -146,9 +146,13 @@ class ScalarMix(nn.Module):
         return torch.softmax(self.logits, 0) * self.scale                        # [layers]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """[..., layers * H] -> [..., H]; padding (zeros) stays zero."""
+        """[..., layers * H] -> [..., H], in x's dtype; padding (zeros) stays zero."""
         x = x.unflatten(-1, (self.layers, self.hidden))                          # [..., layers, H]
-        return torch.einsum("...lh,l->...h", x, self.weights().to(x.dtype))
+        # autocast off: a weighted sum is bound by memory, not arithmetic; under --amp autocast
+        # would copy the whole float32 stack (a frozen encoder's cached states) to bf16 every step
+        # and round the mix, for no speed
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return torch.einsum("...lh,l->...h", x, self.weights().to(x.dtype))
 
 
 @dataclass

@@ -29,6 +29,7 @@ from .metrics import Meter, sequence_loss
 from .model import MODULES, Example, Text2SQL, module_of
 from .schema import load_tables
 from .sql_tokens import tokenize_sql
+from .tensors import describe_machine
 from .vocab import Vocab
 
 
@@ -581,6 +582,8 @@ class Trainer:
                "token_acc_pooled": metrics["token_acc_pooled"], "seconds": round(self.elapsed, 2)}
         if "train_loss" in metrics:      # the mean loss of the epoch's optimiser steps
             row["train_loss"] = metrics["train_loss"]
+            # per epoch, since a resumed run may continue on another host, at another speed
+            row["machine"] = describe_machine()
         mix = getattr(self.model, "layer_mix", None)
         if mix is not None:              # --bert_mix: what the weights scored here give each layer
             row["layer_mix"] = [round(w, 4) for w in mix.weights().tolist()]
@@ -672,7 +675,8 @@ class Trainer:
             return
         row = {"status": status, "epoch": self.epoch, "epochs": self.cfg.epochs, "step": self.step,
                "best_valid_token_acc": self.best, "skipped_steps": self.skipped,
-               "pid": os.getpid(), "host": socket.gethostname(), "updated": time.time()}
+               "pid": os.getpid(), "host": socket.gethostname(), "machine": describe_machine(),
+               "updated": time.time()}
         if error:
             row["error"] = error
         atomic_write_text(os.path.join(self.run_dir, "status.json"), json.dumps(row))
