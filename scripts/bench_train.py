@@ -13,6 +13,8 @@ with the default encoder, it measures in one run:
     whose oneDNN reports bf16 support, such as AVX512-BF16 or AMX): its ``speedup_*_amp`` are
     against EditSQL's regime as EditSQL runs it, in float32; ``*_same_precision`` against that
     regime under --amp too;
+  - where --amp is timed on a CPU, the first and second call of a bf16 and a float32 product at
+    shapes not seen before (oneDNN builds a bf16 kernel per shape, paid at every new batch);
   - the share of a fine-tuning step spent outside the encoder (forward + backward);
   - an epoch over SParC dev.json (1,203 turns) with ``--fix_bert`` and a warm cache;
   - peak resident memory of the process;
@@ -78,12 +80,36 @@ def train_seconds(tr, examples, batch_size: int, unbatched: bool = False) -> flo
 def turns_per_s(tr, examples, batch_size: int, unbatched: bool, min_seconds: float = 5.0) -> float:
     """Turns per second over whole passes of ``examples``, repeated until ``min_seconds`` have
     been timed: one pass of 48 interactions at batch 16 is 3 steps (under a second with
-    --fix_bert), and single passes that short moved by up to 2x from one call to the next."""
-    turns, seconds = 0, 0.0
+    --fix_bert), and single passes that short moved by up to 2x from one call to the next.
+    Each pass takes the interactions in another order, as ``--shuffle`` epochs do, so that its
+    batches, and so the shapes of their tensors, are new: passes over the same batches would
+    time only kernels already built for those shapes (oneDNN's bf16 products build one per shape)."""
+    import random
+    turns, seconds, order = 0, 0.0, list(examples)
+    rng = random.Random(0)
     while seconds < min_seconds:
-        seconds += train_seconds(tr, examples, batch_size, unbatched)
-        turns += sum(len(e) for e in examples)
+        seconds += train_seconds(tr, order, batch_size, unbatched)
+        turns += sum(len(e) for e in order)
+        rng.shuffle(order)
     return turns / seconds
+
+
+def new_shape_ms(dtype, rows=range(20, 84), k: int = 1200, n: int = 600) -> tuple[float, float]:
+    """(first call, second call) of a ``[M, k] x [k, n]`` product (the decoder's recurrent step), in
+    ms averaged over the row counts M: a training batch brings row counts not seen before, and
+    where the first call builds a kernel for the shape (oneDNN's bf16 matmul on a CPU), that cost
+    is paid at every new batch."""
+    import torch
+    w = torch.randn(k, n).to(dtype)
+    first = again = 0.0
+    for m in rows:
+        a = torch.randn(m, k).to(dtype)
+        t0 = time.perf_counter()
+        a @ w
+        t1 = time.perf_counter()
+        a @ w
+        first, again = first + t1 - t0, again + time.perf_counter() - t1
+    return 1e3 * first / len(rows), 1e3 * again / len(rows)
 
 
 def warm_cache(tr, examples):
@@ -198,6 +224,13 @@ def main(argv=None):
             print(f"fine-tuning, batch 16: step {step:.2f} s over {len(ex)} interactions, encoder forward+backward "
                   f"{enc:.2f} s -> {100 * fig['finetune_share_outside_encoder_b16']:.0f}% of the step outside the encoder")
         del tr
+    if amp_ok and not args.device.startswith("cuda"):
+        for name, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+            first, again = new_shape_ms(dt)
+            fig.update({f"{name}_matmul_new_shape_ms": round(first, 3), f"{name}_matmul_same_shape_ms": round(again, 3)})
+        print(f"[M, 1200] x [1200, 600] over 64 new row counts M: float32 {fig['fp32_matmul_new_shape_ms']:.2f} ms "
+              f"first call, {fig['fp32_matmul_same_shape_ms']:.2f} ms again; bf16 {fig['bf16_matmul_new_shape_ms']:.2f} "
+              f"ms first call, {fig['bf16_matmul_same_shape_ms']:.2f} ms again")
     if os.path.exists(SPARC):
         secs, turns, _ = dev_epoch(True, run_root, cache, args.device, False)
         fig.update({"dev_epoch_fix_bert_warm_s": round(secs, 1), "dev_epoch_turns": turns})
@@ -237,6 +270,11 @@ def main(argv=None):
                    f"warm cache, batch 16: {fig['dev_epoch_fix_bert_warm_s']:.1f} s"
                    + (f" ({fig['dev_epoch_fix_bert_amp_warm_s']:.1f} s with `--amp`)." if "dev_epoch_fix_bert_amp_warm_s" in fig
                       else "."))
+        if "bf16_matmul_new_shape_ms" in fig:
+            md += (f" A `[M, 1200] x [1200, 600]` product (the decoder's recurrent step) over 64 row counts M "
+                   f"not seen before: float32 {fig['fp32_matmul_new_shape_ms']:.2f} ms at the first call of "
+                   f"each, {fig['fp32_matmul_same_shape_ms']:.2f} ms at the second; bf16 "
+                   f"{fig['bf16_matmul_new_shape_ms']:.2f} and {fig['bf16_matmul_same_shape_ms']:.2f} ms.")
         md += f" Peak resident memory of the whole benchmark process: {fig['peak_rss_gib']:.2f} GiB."
         write_section("bench_train", md, fig)
     print(json.dumps(fig, sort_keys=True))

@@ -127,9 +127,11 @@ class TrainConfig:
                             "cuda:LOCAL_RANK")
     unbatched: bool = _f(False, "EditSQL's regime: each interaction alone, turn by turn through encoder and "
                                 "decoder (a reference and benchmark baseline; much slower)")
-    amp: bool = _f(False, "bfloat16 autocast for the forward pass: on GPUs, and on CPUs with bf16 units "
-                          "(AVX512-BF16, AMX; see docs/performance.md); on other CPUs it is slower. A frozen "
-                          "encoder's cached outputs stay float32")
+    amp: bool = _f(False, "bfloat16 autocast for the forward pass: on GPUs; on CPUs with bf16 units "
+                          "(AVX512-BF16, AMX) it may be faster or slower than float32 (oneDNN builds a bf16 "
+                          "kernel for every new tensor shape, and batches keep bringing new ones): measure "
+                          "with scripts/bench_train.py first (docs/performance.md); on other CPUs it is "
+                          "slower. A frozen encoder's cached outputs stay float32")
     max_steps: int = _f(0, "stop after this many optimiser steps in all (0: no limit; benchmarks, smoke "
                            "runs); the epoch it stops in counts as done")
     # evaluation and logging
