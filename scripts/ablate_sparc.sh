@@ -7,6 +7,8 @@
 # resumed, so the script can be re-run after an interruption. Ends with `compare` over every run.
 # The table in docs/experiments.md was made with this script.
 set -euo pipefail
+# one block, read whole before it runs (see scripts/train_sparc.sh): edits during a run are safe
+{
 DATA="${1:-../shared/data/sparc}"
 EPOCHS="${2:-5}"
 shift 2 || shift $# || true
@@ -70,3 +72,5 @@ for name in "${NAMES[@]}"; do
   fi
 done
 python -m text2sql compare "${runs[@]}"
+exit
+}

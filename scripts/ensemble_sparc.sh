@@ -20,6 +20,10 @@
 # run one after the other here (start them by hand with scripts/train_sparc.sh to run them side
 # by side, one thread each, then run this script to add what is missing and the ensemble).
 set -euo pipefail
+# the whole script is one block, which bash reads before it runs any of it: bash reads a script
+# as it goes, so an edit in place during a run's hours would otherwise have it resume
+# at a byte offset of the new file when a phase ends (a syntax error, or the wrong command)
+{
 DATA="${1:-../shared/data/sparc}"
 LOGS="${2:-logs}"
 shift 2 || shift $# || true
@@ -52,3 +56,5 @@ AMP=0 "$HERE/train_sparc.sh" "$DATA" "$LOGS/recipe_s3" --seed 3 "$@"
 python -m text2sql evaluate --run "$LOGS/recipe_s3" \
     --ensemble "${SECOND[0]}" "$LOGS/recipe_s4$SUFFIX" "$LOGS/prevutt3_s4$SUFFIX" \
     --beam 4 --turn_beam 2 --out "$LOGS/ensemble4/beam4_turn2"
+exit
+}

@@ -36,6 +36,10 @@
 # Re-running the script continues where it stopped: a finished phase is skipped, a stopped one
 # resumed from its last.pt.
 set -euo pipefail
+# the whole script is one block, which bash reads before it runs any of it: bash reads a script
+# as it goes, so an edit in place during a run's hours would otherwise have it resume
+# at a byte offset of the new file when a phase ends (a syntax error, or the wrong command)
+{
 DATA="${1:-../shared/data/sparc}"
 RUN="${2:-logs/sparc_official}"
 shift 2 || shift $# || true
@@ -82,3 +86,5 @@ python -m text2sql evaluate --run "$RUN" --beam 4 --out "$RUN/beam4"
 # and with a beam over whole interactions (each keeps its 2 best histories): +0.78 question match
 # on average over five runs of the thirteenth session, in all five (docs/experiments.md, fourteenth)
 python -m text2sql evaluate --run "$RUN" --beam 4 --turn_beam 2 --out "$RUN/beam4_turn2"
+exit
+}

@@ -69,3 +69,56 @@ def test_ensemble_script_trains_the_four_members_and_decodes_their_ensemble(tmp_
     dec = report["decoding"]
     assert (dec["beam"], dec["turn_beam"]) == (4, 2) and report["questions"] == 44
     assert dec["ensemble"] == [str(logs / m) for m in members]
+
+
+def test_the_recipe_script_runs_to_its_end_when_its_file_is_rewritten_during_a_run(tmp_path):
+    """A run takes hours, and bash reads a script as it goes: rewritten in place meanwhile (as some
+    editors and tools write), the old script went on at a byte offset of the new file when a phase
+    ended (two runs of the twenty-first session stopped that way after their first phase). The
+    script is one block, parsed whole before it runs: here its file is overwritten with `exit 3`
+    lines while its first evaluation runs, and both evaluations still happen."""
+    import shutil
+    import time
+    if not os.path.isdir("/proc/self"):
+        import pytest
+        pytest.skip("needs /proc to see the script's child process")
+    run = tmp_path / "run"
+    env = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"],
+           "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    env.pop("AMP", None)
+    data = os.path.join("data", "spider_cosql", "tiny")
+    p = subprocess.run([sys.executable, "-m", "text2sql", "train", "--data", data, "--bert", "tiny", "--epochs", "1",
+                        "--batch_size", "4", "--decoder_size", "32", "--turn_size", "32", "--cache_dir", "",
+                        "--train_eval_size", "0", "--run_dir", str(run)], cwd=ROOT, env=env, capture_output=True,
+                       text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-1500:]
+    status = json.load(open(run / "status.json"))
+    status["epoch"] = 16                      # both phases count as done: the script only evaluates
+    (run / "status.json").write_text(json.dumps(status))
+    script = tmp_path / "train_sparc.sh"
+    shutil.copy(os.path.join(ROOT, "scripts", "train_sparc.sh"), script)
+    proc = subprocess.Popen(["bash", str(script), data, str(run)], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def evaluating() -> bool:
+        for pid in os.listdir("/proc"):
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    cmd = f.read().split(b"\0")
+            except (OSError, ValueError, IndexError):
+                continue
+            if ppid == proc.pid and b"evaluate" in cmd:
+                return True
+        return False
+    deadline = time.time() + 120
+    while not evaluating():
+        assert proc.poll() is None and time.time() < deadline, "the first evaluation never started"
+        time.sleep(0.05)
+    with open(script, "w") as f:              # in place: the same file bash has open
+        f.write("exit 3\n" * 2000)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-1500:]
+    assert json.load(open(run / "beam4" / "eval_dev.json"))["decoding"]["beam"] == 4
+    assert json.load(open(run / "beam4_turn2" / "eval_dev.json"))["decoding"]["turn_beam"] == 2
