@@ -27,7 +27,8 @@ def test_train_sparc_recipe_runs_both_phases_and_resumes(tmp_path):
     assert cfg["bert_mix"]
     assert cfg["unit_types"] and cfg["previous_tables"] and cfg["sample_previous"] == 0.0
     assert cfg["label_smoothing"] == 0.1 and cfg["ema"] == 0.999
-    # float32 on a CPU, even one with bf16 units, unless AMP=1 (scripts/ensemble_sparc.sh sets it for its members, below)
+    # float32 on a CPU, even one with bf16 units, unless AMP=1 (scripts/ensemble_sparc.sh sets it
+    # for its members: the test below)
     assert cfg["amp"] is False
     # the average validates; the raw weights are logged beside it
     assert len([l for l in open(run / "metrics.jsonl") if '"valid_raw"' in l]) == 16
