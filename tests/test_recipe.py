@@ -8,11 +8,18 @@ import sys
 from conftest import ROOT
 
 
-def test_train_sparc_recipe_runs_both_phases_and_resumes(tmp_path):
-    run = tmp_path / "run"
+def script_env() -> dict:
+    """The scripts' environment: this interpreter first on PATH, one thread, no GPU, and AMP
+    unset, so that each script's own precision default is what runs."""
     env = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"],
            "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     env.pop("AMP", None)
+    return env
+
+
+def test_train_sparc_recipe_runs_both_phases_and_resumes(tmp_path):
+    run = tmp_path / "run"
+    env = script_env()
     cmd = ["bash", "scripts/train_sparc.sh", os.path.join("data", "spider_cosql", "tiny"), str(run),
            "--bert", "tiny", "--bert_layers", "2", "--cache_dir", "", "--decoder_size", "32", "--turn_size", "32"]
     p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
@@ -48,9 +55,7 @@ def test_ensemble_script_trains_the_four_members_and_decodes_their_ensemble(tmp_
     through the recipe (both phases), then their ensemble decoded with a beam over interactions.
     (That a re-run resumes rather than retrains is the recipe's own test above.)"""
     logs = tmp_path / "logs"
-    env = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"],
-           "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    env.pop("AMP", None)
+    env = script_env()
     cmd = ["bash", "scripts/ensemble_sparc.sh", os.path.join("data", "spider_cosql", "tiny"), str(logs),
            "--bert", "tiny", "--bert_layers", "2", "--cache_dir", "", "--decoder_size", "32", "--turn_size", "32"]
     p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
@@ -84,9 +89,7 @@ def test_the_recipe_script_runs_to_its_end_when_its_file_is_rewritten_during_a_r
         import pytest
         pytest.skip("needs /proc to see the script's child process")
     run = tmp_path / "run"
-    env = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"],
-           "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    env.pop("AMP", None)
+    env = script_env()
     data = os.path.join("data", "spider_cosql", "tiny")
     p = subprocess.run([sys.executable, "-m", "text2sql", "train", "--data", data, "--bert", "tiny", "--epochs", "1",
                         "--batch_size", "4", "--decoder_size", "32", "--turn_size", "32", "--cache_dir", "",

@@ -452,6 +452,9 @@ class Trainer:
         self.opt, self.sched = make_optimizer(self.model, cfg)
         self.epoch, self.step, self.best, self.skipped = 0, 0, -1.0, 0
         self.elapsed = 0.0
+        # what this process runs on, for the train rows and status.json: a resumed run may
+        # continue on another host, at another speed
+        self.machine = describe_machine()
         self.average = None
         if resume_dir:
             ck = torch.load(os.path.join(resume_dir, "last.pt"), map_location=cfg.device, weights_only=False)
@@ -582,8 +585,7 @@ class Trainer:
                "token_acc_pooled": metrics["token_acc_pooled"], "seconds": round(self.elapsed, 2)}
         if "train_loss" in metrics:      # the mean loss of the epoch's optimiser steps
             row["train_loss"] = metrics["train_loss"]
-            # per epoch, since a resumed run may continue on another host, at another speed
-            row["machine"] = describe_machine()
+            row["machine"] = self.machine
         mix = getattr(self.model, "layer_mix", None)
         if mix is not None:              # --bert_mix: what the weights scored here give each layer
             row["layer_mix"] = [round(w, 4) for w in mix.weights().tolist()]
@@ -675,7 +677,7 @@ class Trainer:
             return
         row = {"status": status, "epoch": self.epoch, "epochs": self.cfg.epochs, "step": self.step,
                "best_valid_token_acc": self.best, "skipped_steps": self.skipped,
-               "pid": os.getpid(), "host": socket.gethostname(), "machine": describe_machine(),
+               "pid": os.getpid(), "host": socket.gethostname(), "machine": self.machine,
                "updated": time.time()}
         if error:
             row["error"] = error
