@@ -384,6 +384,45 @@ def test_evaluate_command_with_an_ensemble(trained, concert_data, tmp_path):
     assert bad.returncode != 0 and "--ensemble" in bad.stderr and "Traceback" not in bad.stderr
 
 
+def test_evaluate_a_runs_last_checkpoint_and_a_snapshot_ensemble(trained, tmp_path):
+    """--run RUN/last.pt decodes that checkpoint with the run's config and vocabulary, into RUN/last/
+    (best.pt's report in RUN/ stays); --ensemble RUN/last.pt joins it to best.pt; `runs` shows the
+    last.pt report without taking it as the run's own figure; a wrong checkpoint path is one line."""
+    import json
+    from text2sql import runs
+    from text2sql.train import evaluate, load_run
+    run = trained.run_dir
+    base = [sys.executable, "-m", "text2sql", "evaluate", "--split", "train", "--json"]
+    last = subprocess.run(base + ["--run", os.path.join(run, "last.pt")], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert last.returncode == 0, last.stderr[-800:]
+    r = json.loads(last.stdout)
+    ck = r["decoding"]["checkpoint"]
+    epochs = [json.loads(l)["epoch"] for l in open(os.path.join(run, "metrics.jsonl"))]
+    assert ck["file"] == "last.pt" and ck["epoch"] == max(epochs) == 25
+    assert os.path.exists(os.path.join(run, "last", "eval_train.json"))
+    assert not os.path.exists(os.path.join(run, "eval_train.json"))
+    # the teacher-forced figures are last.pt's own, computed here in-process
+    model, cfg, _ = load_run(os.path.join(run, "last.pt"))
+    assert model.checkpoint["file"] == "last.pt"
+    tf = evaluate(model, trained.train_ex, cfg)
+    assert abs(tf["token_acc"] - r["teacher_forced"]["token_acc"]) < 1e-6
+    # a snapshot ensemble: best.pt with last.pt
+    snap = subprocess.run(base + ["--run", run, "--ensemble", os.path.join(run, "last.pt"), "--out",
+                                  str(tmp_path / "snap")], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert snap.returncode == 0, snap.stderr[-800:]
+    d = json.loads(snap.stdout)["decoding"]
+    assert d["checkpoint"]["file"] == "best.pt" and [c["file"] for c in d["ensemble_checkpoints"]] == ["last.pt"]
+    # `runs`: the report names its checkpoint, is current, and is not the run's own figure
+    rep = [x for x in runs.load_run(run).reports if x.path == os.path.join("last", "eval_train.json")]
+    assert len(rep) == 1 and rep[0].checkpoint == "last.pt" and not rep[0].stale
+    assert "last.pt" in rep[0].describe() and not rep[0].own
+    # a checkpoint that is not there, or a file that is not one: one line, no traceback
+    for wrong in (os.path.join(run, "epoch3.pt"), os.path.join(run, "config.json")):
+        bad = subprocess.run(base + ["--run", wrong], cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert bad.returncode != 0 and wrong in bad.stderr and "Traceback" not in bad.stderr, bad.stderr[-800:]
+
+
 def test_grammar_puts_tables_exactly_after_from_and_join(concert_schema):
     from text2sql.train import table_units
     from text2sql.vocab import Vocab

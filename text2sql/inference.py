@@ -142,13 +142,15 @@ LENGTH_PENALTY_HELP = ("with --beam: rank finished queries by their log-probabil
                        "(default: 0, the plain sum)")
 RAW_WEIGHTS_HELP = ("for runs trained with --ema: the optimiser's own weights instead of their moving "
                     "average (the default, which the run validated with); for --ensemble runs too")
-ENSEMBLE_HELP = ("more run folders trained like --run (same data, same target style): each decoding "
+RUN_HELP = "a run folder written by train (its best.pt), or one of its checkpoints: RUN/last.pt"
+ENSEMBLE_HELP = ("more runs trained like --run (same data, same target style), as folders or "
+                 "checkpoints (RUN/last.pt: a snapshot ensemble with the run's best.pt): each decoding "
                  "step uses the mean of all the models' distributions")
 
 
 def add_predict_command(sub):
     p = sub.add_parser("predict", help="translate questions (one per line) into SQL with a trained run")
-    p.add_argument("--run", required=True, help="a run folder written by train")
+    p.add_argument("--run", required=True, help=RUN_HELP)
     p.add_argument("--db", help="a SQLite database (its schema is read from the file)")
     p.add_argument("--tables", help="tables.json, with --db_id, instead of --db")
     p.add_argument("--db_id", help="which schema of --tables (or a name for --db)")
@@ -191,13 +193,14 @@ def _evaluate_run(args) -> dict:
     import json
     from .decoding import ids_to_sql
     from .evaluation import evaluate_files, matches, write_gold, write_predictions
-    from .train import evaluate as teacher_forced, load_run, make_examples
+    from .train import checkpoint_path, evaluate as teacher_forced, load_run, make_examples
     if args.turn_beam > 1 and (args.beam < args.turn_beam or args.use_gold_previous):
         raise ConfigError(f"--turn_beam {args.turn_beam} needs --beam {args.turn_beam} or more, and "
                           "predicted previous queries (not --use_gold_previous): it keeps the best "
                           "queries of each turn's beam as the histories the next turn reads")
     model, cfg, vocab = load_run(args.run, device=args.device, raw=args.raw_weights)
     model.eval()
+    run_dir, which = checkpoint_path(args.run)
     ensemble = load_ensemble(args, cfg, vocab)
     items, schemas, targets = _split_interactions(cfg, args.data, args.split)
     examples = make_examples(items, schemas, targets, vocab)
@@ -207,7 +210,8 @@ def _evaluate_run(args) -> dict:
         preds += model.predict(examples[i:i + args.batch_size], use_gold_previous=args.use_gold_previous,
                                beam=args.beam, constrained=not args.no_constraints, ensemble=ensemble,
                                length_penalty=args.length_penalty, turn_beam=args.turn_beam)
-    out_dir = args.out or args.run
+    # another checkpoint's report goes beside best.pt's, not over it: RUN/last.pt -> RUN/last/
+    out_dir = args.out or (run_dir if which == "best.pt" else os.path.join(run_dir, which[:-len(".pt")]))
     os.makedirs(out_dir, exist_ok=True)     # --out may name a folder that does not exist yet
     gold_path = os.path.join(out_dir, f"gold_{args.split}.txt")
     pred_path = os.path.join(out_dir, "predictions.txt")
@@ -247,7 +251,7 @@ def _evaluate_run(args) -> dict:
         json.dump(report, f, indent=1)
     try:
         from tensorboardX import SummaryWriter
-        w = SummaryWriter(args.run)
+        w = SummaryWriter(run_dir)
         tag = f"eval_{args.split}_beam{args.beam}"
         for k in ("question_match", "interaction_match", "exec_acc"):
             if report.get(k) is not None:
@@ -404,7 +408,7 @@ def run_evaluate(args) -> int:
 def add_evaluate_command(sub):
     p = sub.add_parser("evaluate", help="decode a split with a trained run and score it (question/"
                                         "interaction match, execution), or score any prediction file")
-    p.add_argument("--run", help="a run folder written by train")
+    p.add_argument("--run", help=RUN_HELP)
     p.add_argument("--data", help="data directory (default: the run's)")
     p.add_argument("--split", default="dev", choices=["dev", "train"],
                    help="dev: what the run validates on; train: its training data")

@@ -158,7 +158,9 @@ def load_run(path: str) -> Run:
         except (ValueError, KeyError, TypeError):
             run.problems.append(f"corrupt: resumes.jsonl line {i}")
     top = best(run.rows, run.split, "token_acc")          # best.pt is written at this epoch
-    run.reports = read_reports(path, run.problems, None if top is None else top[1])
+    end = last(run.rows, run.split, "token_acc")          # and last.pt at this one
+    run.reports = read_reports(path, run.problems, None if top is None else top[1],
+                               None if end is None else end[1])
     return run
 
 
@@ -174,18 +176,20 @@ class Report:
     split: str
     ensemble: int                  # models averaged (1: the run alone)
     epoch: int | None              # the checkpoint's epoch, where the report names it
-    stale: bool                    # best.pt was rewritten after the report: it is of older weights
+    stale: bool                    # its checkpoint was rewritten after the report: older weights
     raw_weights: bool = False      # a run trained with --ema, decoded with its raw weights (an ablation)
     turn_beam: int = 1             # histories kept per interaction (evaluate --turn_beam)
     metric: str = "official"       # "strict": written before the evaluator followed the official
                                    # script (join conditions and DISTINCT compared; evaluate --rescore)
+    checkpoint: str = "best.pt"    # the run's file it decoded (evaluate --run RUN/last.pt)
 
     @property
     def own(self) -> bool:
         """The run's own figure as EditSQL reports its: alone, on its validation set, each turn
-        reading its own previous prediction, with the weights the run validated with."""
+        reading its own previous prediction, with the weights the run validated with, from the
+        checkpoint it chose (best.pt; last.pt's report is shown, not taken as the run's figure)."""
         return (self.ensemble == 1 and not self.gold_previous and self.split == "dev"
-                and not self.raw_weights)
+                and not self.raw_weights and self.checkpoint == "best.pt")
 
     def describe(self) -> str:
         parts = ["greedy" if (self.beam or 1) <= 1 else f"beam {self.beam}"]
@@ -199,6 +203,8 @@ class Report:
             parts.append("raw weights")
         if self.ensemble > 1:
             parts.append(f"ensemble of {self.ensemble}")
+        if self.checkpoint != "best.pt":
+            parts.append(self.checkpoint)
         if self.split != "dev":
             parts.append(f"{self.split} split")
         if self.epoch is not None:
@@ -206,25 +212,23 @@ class Report:
         if self.metric != "official":
             parts.append(f"{self.metric} metric")
         if self.stale:
-            parts.append("stale: best.pt is newer")
+            parts.append(f"stale: {self.checkpoint} is newer")
         return ", ".join(parts)
 
     def as_dict(self) -> dict:
         return {**self.__dict__, "own": self.own, "described": self.describe()}
 
 
-def read_reports(path: str, problems: list, best_epoch: int | None = None) -> list[Report]:
+def read_reports(path: str, problems: list, best_epoch: int | None = None,
+                 last_epoch: int | None = None) -> list[Report]:
     """``evaluate``'s reports in the run folder and in its subfolders (``--out RUN/NAME``), by path.
 
     A report of weights the run no longer has is marked stale: training found a new best after it
     was written. A report names the checkpoint's epoch, which is compared with the epoch of the
     best valid token accuracy (where ``best.pt`` was last written: ``best_epoch``); a copied
     folder keeps that right, whatever its files' times. Older reports, which do not name it, are
-    stale when they are older than ``best.pt``."""
-    try:
-        best_mtime = os.path.getmtime(os.path.join(path, "best.pt"))
-    except OSError:
-        best_mtime = None
+    stale when they are older than ``best.pt``. A report of ``last.pt`` is compared alike with the
+    last evaluated epoch (``last_epoch``), one of another checkpoint with that file's time."""
     found = []
     for sub in [""] + sorted(n for n in _listdir(path) if os.path.isdir(os.path.join(path, n))):
         for name in sorted(_listdir(os.path.join(path, sub))):
@@ -243,13 +247,15 @@ def read_reports(path: str, problems: list, best_epoch: int | None = None) -> li
             continue
         ckpt = dec.get("checkpoint") if isinstance(dec.get("checkpoint"), dict) else {}
         epoch = ckpt.get("epoch") if isinstance(ckpt.get("epoch"), int) else None
+        which = ckpt.get("file") if isinstance(ckpt.get("file"), str) and ckpt.get("file") else "best.pt"
         members = dec.get("ensemble")
-        if epoch is not None and best_epoch is not None:
-            stale = epoch != best_epoch
+        at = {"best.pt": best_epoch, "last.pt": last_epoch}.get(which)
+        if epoch is not None and at is not None:
+            stale = epoch != at
         else:
             try:
-                stale = best_mtime is not None and best_mtime > os.path.getmtime(full)
-            except OSError:
+                stale = os.path.getmtime(os.path.join(path, which)) > os.path.getmtime(full)
+            except OSError:      # no such checkpoint any more, or no report time: nothing to compare
                 stale = False
         out.append(Report(path=rel, question_match=float(qm), interaction_match=float(im),
                           beam=dec.get("beam") if isinstance(dec.get("beam"), int) else None,
@@ -259,7 +265,7 @@ def read_reports(path: str, problems: list, best_epoch: int | None = None) -> li
                           ensemble=len(members) if isinstance(members, list) and members else 1,
                           epoch=epoch, stale=stale, raw_weights=ckpt.get("weights") == "raw",
                           turn_beam=dec["turn_beam"] if isinstance(dec.get("turn_beam"), int) else 1,
-                          metric=str(obj.get("metric") or "strict")))
+                          metric=str(obj.get("metric") or "strict"), checkpoint=which))
     return out
 
 

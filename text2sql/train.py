@@ -310,10 +310,26 @@ def set_rng_state(s):
     torch.set_rng_state(s["torch"])
 
 
-def load_run(run_dir: str, device: str = "cpu", which: str = "best.pt", raw: bool = False):
+def checkpoint_path(path: str) -> tuple[str, str]:
+    """(run folder, checkpoint file name) for a run given as its folder (its ``best.pt``) or as one
+    of the checkpoints in it (``RUN/last.pt``): the config and vocabulary beside it are the run's."""
+    if os.path.isfile(path):
+        run_dir, which = os.path.split(os.path.normpath(path))
+        if not which.endswith(".pt"):
+            raise DataError(f"{path}: not a run folder or a checkpoint (.pt) in one")
+        return run_dir or ".", which
+    if path.endswith(".pt"):
+        raise DataError(f"{path}: no such checkpoint")
+    return path, "best.pt"
+
+
+def load_run(run_dir: str, device: str = "cpu", which: str | None = None, raw: bool = False):
     """A trained model (in eval mode) and its config from a run folder (for evaluation and
-    prediction). A run trained with ``--ema`` gives its averaged weights, the ones it validated
-    with, unless ``raw``."""
+    prediction): its ``best.pt``, or ``which``, or the checkpoint ``run_dir`` names
+    (``RUN/last.pt``). A run trained with ``--ema`` gives its averaged weights, the ones it
+    validated with, unless ``raw``."""
+    if which is None:
+        run_dir, which = checkpoint_path(run_dir)
     cfg = TrainConfig.load(run_dir)
     cfg.device = device
     vocab = Vocab.load(os.path.join(run_dir, "vocab.json"))
