@@ -198,9 +198,9 @@ def _evaluate_run(args) -> dict:
         raise ConfigError(f"--turn_beam {args.turn_beam} needs --beam {args.turn_beam} or more, and "
                           "predicted previous queries (not --use_gold_previous): it keeps the best "
                           "queries of each turn's beam as the histories the next turn reads")
-    model, cfg, vocab = load_run(args.run, device=args.device, raw=args.raw_weights)
-    model.eval()
     run_dir, which = checkpoint_path(args.run)
+    model, cfg, vocab = load_run(run_dir, which=which, device=args.device, raw=args.raw_weights)
+    model.eval()
     ensemble = load_ensemble(args, cfg, vocab)
     items, schemas, targets = _split_interactions(cfg, args.data, args.split)
     examples = make_examples(items, schemas, targets, vocab)
@@ -211,7 +211,7 @@ def _evaluate_run(args) -> dict:
                                beam=args.beam, constrained=not args.no_constraints, ensemble=ensemble,
                                length_penalty=args.length_penalty, turn_beam=args.turn_beam)
     # another checkpoint's report goes beside best.pt's, not over it: RUN/last.pt -> RUN/last/
-    out_dir = args.out or (run_dir if which == "best.pt" else os.path.join(run_dir, which[:-len(".pt")]))
+    out_dir = args.out or (run_dir if which == "best.pt" else os.path.join(run_dir, os.path.splitext(which)[0]))
     os.makedirs(out_dir, exist_ok=True)     # --out may name a folder that does not exist yet
     gold_path = os.path.join(out_dir, f"gold_{args.split}.txt")
     pred_path = os.path.join(out_dir, "predictions.txt")
