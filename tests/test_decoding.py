@@ -8,6 +8,7 @@ import torch
 
 from conftest import ROOT
 from text2sql.config import TrainConfig
+from text2sql.errors import ConfigError
 from text2sql.decoding import Grammar, ids_to_sql
 from text2sql.model import Example
 from test_model import cfg_for, quiet
@@ -529,3 +530,54 @@ def test_grammar_never_refuses_a_gold_token_of_sparc_dev(remove_from):
         tables = [toks[i + 1] for i, t in enumerate(toks[:-1]) if t in ("from", "join")]
         return len(tables) != len(set(tables))
     assert checked > 10000 and len(refused) <= 1 and all(self_join(q) for _, q, _ in refused), refused[:3]
+
+
+def test_decode_valid_logs_decoded_match_and_keeps_the_best_match_checkpoint(concert_data, tmp_path):
+    """--decode_valid decodes the validation set at each validation, as `evaluate` does: its logged
+    question/interaction match is what `evaluate --run RUN/best_match.pt` reports for the checkpoint
+    it kept (the averaged weights with --ema, saved with the raw ones), that checkpoint is the epoch
+    with the best (question, interaction) match, and a resume keeps the best so far."""
+    import json
+    cfg = cfg_for(concert_data, tmp_path, epochs=10, fix_bert=True, batch_size=1, ema=0.9, decode_valid=1)
+    Trainer(cfg, log=quiet, progress=False).run()
+    run = cfg.run_dir
+    rows = [json.loads(l) for l in open(os.path.join(run, "metrics.jsonl"))]
+    dec = [r for r in rows if r["split"] == "valid_decoded"]
+    assert [r["epoch"] for r in dec] == list(range(1, 11))
+    assert all(r["beam"] == 1 and r["turns"] == 5 for r in dec)     # dev: the first 2 interactions
+    top = max(dec, key=lambda r: (r["question_match"], r["interaction_match"], -r["epoch"]))
+    ck = torch.load(os.path.join(run, "best_match.pt"), map_location="cpu", weights_only=False)
+    assert ck["epoch"] == top["epoch"] and ck["best_match"] == [top["question_match"], top["interaction_match"]]
+    assert "ema" in ck and set(ck["model"]) >= set(ck["ema"]["weights"])
+    out = subprocess.run([sys.executable, "-m", "text2sql", "evaluate", "--run", os.path.join(run, "best_match.pt"),
+                          "--beam", "1", "--json"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-800:]
+    r = json.loads(out.stdout)
+    assert r["decoding"]["checkpoint"]["epoch"] == top["epoch"]
+    assert abs(r["question_match"] - top["question_match"]) < 1e-9
+    assert abs(r["interaction_match"] - top["interaction_match"]) < 1e-9
+    # a resume reads the best match so far from last.pt and only a better one replaces best_match.pt
+    again = Trainer(TrainConfig(resume=run, epochs=12), log=quiet, progress=False)
+    assert again.best_match == [top["question_match"], top["interaction_match"]]
+    again.run()
+    rows = [json.loads(l) for l in open(os.path.join(run, "metrics.jsonl"))]
+    dec = [r for r in rows if r["split"] == "valid_decoded"]
+    assert [r["epoch"] for r in dec] == list(range(1, 13))
+    top = max(dec, key=lambda r: (r["question_match"], r["interaction_match"], -r["epoch"]))
+    ck = torch.load(os.path.join(run, "best_match.pt"), map_location="cpu", weights_only=False)
+    assert ck["epoch"] == top["epoch"]
+    # compare's plot gains a panel of the decoded curve
+    import matplotlib.axes
+    from text2sql.__main__ import main
+    drawn = []
+    real_plot = matplotlib.axes.Axes.plot
+
+    def spy(self, *args, **kw):
+        drawn.append((list(args[1]) if len(args) > 1 else None, kw.get("label", "")))
+        return real_plot(self, *args, **kw)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(matplotlib.axes.Axes, "plot", spy)
+        assert main(["compare", run, "--plot", str(tmp_path / "decoded.png")]) == 0
+    assert [ys for ys, label in drawn if label.endswith("(greedy)")] == [[r["question_match"] for r in dec]]
+    with pytest.raises(ConfigError, match="--decode_valid"):
+        TrainConfig(decode_valid=-1).check()

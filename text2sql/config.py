@@ -20,7 +20,8 @@ def _f(default, help, **kw):
 # what a resumed run may change: how long and where it runs, how it computes the same thing, and
 # its learning rates (a decay by hand, as EditSQL's runs decay theirs on a plateau); the model and
 # the data stay the saved run's. Each change is recorded in the run's resumes.jsonl.
-RESUME_MAY_CHANGE = ("epochs", "device", "amp", "max_steps", "grad_checkpointing", "lr", "lr_bert", "ema")
+RESUME_MAY_CHANGE = ("epochs", "device", "amp", "max_steps", "grad_checkpointing", "lr", "lr_bert", "ema",
+                     "decode_valid")
 
 
 @dataclass
@@ -136,6 +137,12 @@ class TrainConfig:
                            "runs); the epoch it stops in counts as done")
     # evaluation and logging
     eval_every: int = _f(1, "evaluate every N epochs")
+    decode_valid: int = _f(0, "at each validation also decode the validation set as `evaluate --beam N` does "
+                              "(constrained, each turn reading the previous turn's prediction) and log its "
+                              "question and interaction match (split valid_decoded); the checkpoint with the "
+                              "best question match (then interaction match) is kept as best_match.pt beside "
+                              "best.pt, which teacher-forced token accuracy picks. 0: off; a bare "
+                              "--decode_valid means 1 (greedy)", nargs="?", const=1)
     train_eval_size: int = _f(200, "training interactions evaluated each time (0: all)")
     resume: str | None = _f(None, "continue the run in RUN_DIR from its last.pt, with its saved config "
                                   "(only " + ", ".join(f"--{k}" for k in RESUME_MAY_CHANGE) + " may change, "
@@ -166,6 +173,8 @@ class TrainConfig:
         if self.sample_chain and not self.sample_previous:
             raise ConfigError("--sample_chain needs --sample_previous P > 0 (it changes how the sampled "
                               "previous queries are predicted)")
+        if self.decode_valid < 0:
+            raise ConfigError(f"--decode_valid {self.decode_valid}: the beam width must be >= 1 (0: off)")
         if not 0.0 <= self.ema < 1.0:
             raise ConfigError(f"--ema must be in [0, 1), not {self.ema}")
         if not 0.0 <= self.label_smoothing < 1.0:

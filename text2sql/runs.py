@@ -627,16 +627,22 @@ def compare_table(summaries: list[dict], diff_keys: list[str], ref: Reference) -
 # ------------------------------------------------------------------------------------------
 def plot_compare(runs: list[Run], ref: Reference, out: str) -> str:
     """Two panels, valid token and string accuracy per epoch, one line per run (and a dashed one of
-    the raw weights for a run trained with ``--ema``), EditSQL's line."""
+    the raw weights for a run trained with ``--ema``), EditSQL's line; a third, decoded question
+    match per epoch against EditSQL's published one, where a run trained with ``--decode_valid``."""
     import matplotlib
     matplotlib.use("Agg")                  # no display on a training machine
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 5.2), layout="constrained")
+    decoded = any(curve(r.rows, "valid_decoded", "question_match") for r in runs)
+    keys = ("token_acc", "string_acc") + (("question_match",) if decoded else ())
+    fig, axes = plt.subplots(1, len(keys), figsize=(6 * len(keys), 5.2), layout="constrained")
     run_epochs = [e for r in runs for e, _ in curve(r.rows, r.split, "token_acc")]
     xmax = max(run_epochs, default=None)
-    for ax, key in zip(axes, ("token_acc", "string_acc")):
+    for ax, key in zip(axes, keys):
+        if key == "question_match":
+            _plot_decoded(ax, runs, xmax)
+            continue
         for r in runs:
             pts = curve(r.rows, r.split, key)
             label = r.name + (f" ({r.note})" if r.note else "") + ("" if r.split == "valid" else " [train]")
@@ -660,6 +666,28 @@ def plot_compare(runs: list[Run], ref: Reference, out: str) -> str:
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
+
+
+def _plot_decoded(ax, runs: list[Run], xmax):
+    """Decoded question match per epoch (``--decode_valid``), each turn reading its own previous
+    prediction, with EditSQL's published figure."""
+    from matplotlib.ticker import MaxNLocator
+    for r in runs:
+        pts = curve(r.rows, "valid_decoded", "question_match")
+        beams = {row.get("beam") for row in r.rows if row.get("split") == "valid_decoded"}
+        how = "greedy" if beams == {1} else "beam " + "/".join(str(b) for b in sorted(beams, key=str))
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", markersize=3.5,
+                label=f"{r.name} ({how})" if pts else f"{r.name} (no --decode_valid)")
+    target = PUBLISHED_DECODED["question_match"]
+    ax.axhline(target, color="black", linewidth=1, linestyle=":", label=f"EditSQL published: {target:.1f}")
+    ax.set_title("valid question match (decoded, --decode_valid)")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("question match, %")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    if xmax:
+        ax.set_xlim(0.5, xmax + 0.5)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), fontsize=9, frameon=False)
 
 
 def _draw_reference(ax, ref: Reference, key: str, xmax):

@@ -2,7 +2,7 @@
 
 A run folder ``logs/<Mon DD_HH-MM-SS>_<host>/`` holds ``config.json``, ``vocab.json``,
 ``metrics.jsonl`` (one object per split per evaluation), tensorboardX events, and ``best.pt`` /
-``last.pt``, each written to a temporary file and renamed so that a crash never leaves a torn
+``last.pt`` (and ``best_match.pt`` with ``--decode_valid``), each written to a temporary file and renamed so that a crash never leaves a torn
 checkpoint. ``--resume RUN_DIR`` continues from ``last.pt`` (model, optimiser, schedule, RNG
 states, data order) to the same result as a run that was never interrupted.
 """
@@ -459,6 +459,7 @@ class Trainer:
                 cfg.save(self.run_dir)
         self.train_ex = make_examples(train, self.schemas, targets, self.vocab)
         self.valid_ex = make_examples(valid, self.schemas, targets, self.vocab)
+        self.valid_items = valid         # their gold SQL, for --decode_valid
         n = cfg.train_eval_size or len(self.train_ex)
         self.train_eval_ex = self.train_ex[:n]
         self.model = build_model(cfg, self.vocab)
@@ -467,6 +468,7 @@ class Trainer:
         self.rest = trainable(self.model)[1]
         self.opt, self.sched = make_optimizer(self.model, cfg)
         self.epoch, self.step, self.best, self.skipped = 0, 0, -1.0, 0
+        self.best_match = None           # --decode_valid: best_match.pt's [question, interaction] match
         self.elapsed = 0.0
         # what this process runs on, for the train rows and status.json: a resumed run may
         # continue on another host, at another speed
@@ -478,6 +480,7 @@ class Trainer:
             self.opt.load_state_dict(ck["optimizer"])
             self.sched.load_state_dict(ck["scheduler"])
             self.epoch, self.step, self.best = ck["epoch"], ck["step"], ck["best"]
+            self.best_match = ck.get("best_match")
             self.skipped, self.elapsed = ck.get("skipped", 0), ck.get("elapsed", 0.0)
             set_rng_state(ck["rng"])
             # the optimiser's saved state holds the old learning rates: a changed one replaces them
@@ -487,7 +490,7 @@ class Trainer:
             # the run's best figure so far came from the weights it validated then; after a switch
             # between raw and averaged ones it says nothing about the new ones
             if "ema" in changed:
-                self.best = -1.0
+                self.best, self.best_match = -1.0, None
             log(f"resumed {resume_dir} after epoch {self.epoch} (step {self.step})"
                 + "".join(f"; {k} {a} -> {b}" for k, (a, b) in changed.items()))
             if changed and self.dist.main:
@@ -515,7 +518,8 @@ class Trainer:
         average, which ``load_run`` gives for decoding."""
         ck = {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
               "scheduler": self.sched.state_dict(), "epoch": self.epoch, "step": self.step,
-              "best": self.best, "skipped": self.skipped, "elapsed": self.elapsed, "rng": rng_state(),
+              "best": self.best, "best_match": self.best_match, "skipped": self.skipped,
+              "elapsed": self.elapsed, "rng": rng_state(),
               "config": asdict(self.cfg), "vocab": self.vocab.tokens}
         if self.average is not None:
             ck["ema"] = self.average.state_dict()
@@ -524,6 +528,27 @@ class Trainer:
     def validated(self):
         """The weights validation and decoding read: the average with ``--ema``, else the model's."""
         return self.average.swapped_in() if self.average is not None else _nothing()
+
+    @torch.no_grad()
+    def decoded_validation(self) -> dict:
+        """The validation set decoded as ``evaluate --beam N`` decodes it (constrained, each turn
+        reading the previous turn's prediction) and scored by the project's evaluator: teacher-forced
+        token accuracy picks best.pt, and a run's figures can pick another checkpoint (with
+        --fix_bert, best.pt's decoded question match trailed the last epoch's by up to 1.7 points)."""
+        from .decoding import ids_to_sql
+        from .evaluation import score_interactions
+        was = self.model.training
+        self.model.eval()
+        preds = []
+        for i in range(0, len(self.valid_ex), 16):       # evaluate's --batch_size
+            preds += self.model.predict(self.valid_ex[i:i + 16], beam=self.cfg.decode_valid, constrained=True)
+        self.model.train(was)
+        gold, sqls = [], []
+        for inter, p in zip(self.valid_items, preds):
+            schema = self.schemas[inter.db_id]
+            gold.append([(t.query, inter.db_id) for t in inter.turns])
+            sqls.append([ids_to_sql(ids, self.vocab, schema)[0] for ids in p])
+        return score_interactions(gold, sqls, self.schemas)
 
     # ---- one step ----------------------------------------------------------------------------
     def train_step(self, batch: list[Example], meter: Meter) -> float:
@@ -653,7 +678,7 @@ class Trainer:
     def end_of_epoch(self, train_loss: float) -> str:
         """Evaluation, checkpoints and status, on rank 0 -> the rest of the epoch's log line."""
         cfg = self.cfg
-        line = ""
+        line, new_match = "", False
         last = self.epoch == cfg.epochs or self.out_of_steps()
         if self.epoch % cfg.eval_every == 0 or last:
             t0 = time.time()
@@ -672,6 +697,22 @@ class Trainer:
                     line += (f" | valid loss {va['loss']:.4f} tok {va['token_acc']:.2f} str "
                              f"{va['string_acc']:.2f} kw {va['keyword_acc']:.2f} db {va['db_acc']:.2f}")
                     score = va["token_acc"]
+                    if cfg.decode_valid:
+                        t1 = time.time()
+                        dec = self.decoded_validation()
+                        match = [dec["question_match"], dec["interaction_match"]]
+                        row = {"epoch": self.epoch, "step": self.step, "split": "valid_decoded",
+                               "beam": cfg.decode_valid, "question_match": match[0],
+                               "interaction_match": match[1], "turns": dec["questions"],
+                               "decode_seconds": round(time.time() - t1, 2), "seconds": round(self.elapsed, 2)}
+                        with open(os.path.join(self.run_dir, "metrics.jsonl"), "a") as f:
+                            f.write(json.dumps(row) + "\n")
+                        self.writer.add_scalar("valid_decoded/question_match", match[0], self.epoch)
+                        self.writer.add_scalar("valid_decoded/interaction_match", match[1], self.epoch)
+                        line += f" | decoded qm {match[0]:.2f} im {match[1]:.2f}"
+                        if self.best_match is None or match > self.best_match:
+                            self.best_match, new_match = match, True
+                            line += " +"
                 else:
                     score = tr["token_acc"]
             self.elapsed += time.time() - t0
@@ -679,6 +720,8 @@ class Trainer:
                 self.best = score
                 atomic_save(self.checkpoint(), os.path.join(self.run_dir, "best.pt"))
                 line += " *"
+            if new_match:        # saved as best.pt is, outside validated(): the raw weights stay the model's
+                atomic_save(self.checkpoint(), os.path.join(self.run_dir, "best_match.pt"))
         line += f" | {self.elapsed:.0f}s"
         atomic_save(self.checkpoint(), os.path.join(self.run_dir, "last.pt"))
         self.writer.flush()
