@@ -21,7 +21,9 @@
 # against the same checkpoints' raw weights, eleventh session); --lr 3e-4 for 10 epochs, then a decay
 # by hand to 1e-4 for epochs 11-16. Gold previous queries in training: over two seeds,
 # --sample_previous 0.5 cost 0.8 token / 3.5 string points teacher-forced and moved decoded question
-# match by +0.3, within the seed spread, so it is left to the extra flags.
+# match by +0.3, within the seed spread, so it is left to the extra flags. --decode_valid decodes dev
+# greedily after each epoch (about 7 s) to log decoded question match and keep that epoch's best as
+# best_match.pt, decoded at the end beside best.pt where it is another epoch; best.pt stays the run's figure.
 # Without CUDA the encoder is frozen and its outputs cached (--fix_bert: about 67 minutes on one CPU
 # thread, plus 20 to fill the cache the first time); with CUDA it is fine-tuned in bf16
 # (--device cuda --amp --lr_bert 1e-5, not yet run). On CPU, extra flags with --tune_top_layers N
@@ -73,7 +75,7 @@ if [ ! -f "$RUN/last.pt" ]; then
   python -m text2sql train --data "$DATA" --protocol official "${ENCODER[@]}" \
     --batch_size 16 --shuffle --epochs 10 --max_turn 5 --lr 3e-4 --train_eval_size 200 \
     --remove_from "${LAYERS[@]}" --utterance_rnn --unit_types --previous_tables --label_smoothing 0.1 --ema 0.999 \
-    --run_dir "$RUN" \
+    --decode_valid --run_dir "$RUN" \
     --note "official split: SParC train -> dev" "$@"
 elif [ "$(epoch)" -lt 10 ]; then
   python -m text2sql train --resume "$RUN" --epochs 10
@@ -86,5 +88,11 @@ python -m text2sql evaluate --run "$RUN" --beam 4 --out "$RUN/beam4"
 # and with a beam over whole interactions (each keeps its 2 best histories): +0.78 question match
 # on average over five runs of the thirteenth session, in all five (docs/experiments.md, fourteenth)
 python -m text2sql evaluate --run "$RUN" --beam 4 --turn_beam 2 --out "$RUN/beam4_turn2"
+# the epoch with the best greedy decoded question match (--decode_valid), where it is another one
+if [ -f "$RUN/best_match.pt" ] && python -c "import sys, torch; a, b = (torch.load(sys.argv[1] + f, map_location='cpu', \
+    weights_only=False)['epoch'] for f in ('/best.pt', '/best_match.pt')); sys.exit(a == b)" "$RUN"; then
+  python -m text2sql evaluate --run "$RUN/best_match.pt" --beam 4 --out "$RUN/best_match_beam4"
+  python -m text2sql evaluate --run "$RUN/best_match.pt" --beam 4 --turn_beam 2 --out "$RUN/best_match_turn2"
+fi
 exit
 }

@@ -43,6 +43,17 @@ def test_train_sparc_recipe_runs_both_phases_and_resumes(tmp_path):
     assert report["decoding"]["beam"] == 4 and report["questions"] == 44
     turns = json.load(open(run / "beam4_turn2" / "eval_dev.json"))["decoding"]
     assert (turns["beam"], turns["turn_beam"]) == (4, 2)
+    # dev decoded greedily after every epoch; the best-match epoch decoded too where it is not best.pt's
+    assert cfg["decode_valid"] == 1
+    assert len([l for l in open(run / "metrics.jsonl") if '"valid_decoded"' in l]) == 16
+    import torch
+    epochs = [torch.load(run / f, map_location="cpu", weights_only=False)["epoch"] for f in ("best.pt", "best_match.pt")]
+    for sub in ("best_match_beam4", "best_match_turn2"):
+        if epochs[0] == epochs[1]:
+            assert not (run / sub).exists()
+        else:
+            ck = json.load(open(run / sub / "eval_dev.json"))["decoding"]["checkpoint"]
+            assert (ck["file"], ck["epoch"]) == ("best_match.pt", epochs[1])
     # again: both phases are done, so only the evaluation runs
     p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-1500:]
