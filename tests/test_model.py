@@ -850,3 +850,69 @@ def test_singular_meets_the_names_of_columns():
                          ("classes", "class"), ("matches", "match"), ("dates", "date"), ("years", "year")]:
         assert _singular(plural) == _singular(name) == name, plural
     assert _singular("status") == "status" and _singular("has") == "has"
+
+
+def test_init_from_starts_a_second_stage_from_a_runs_averaged_weights(concert_data, tmp_path):
+    """--init_from: a run trained with a frozen encoder, continued with the encoder fine-tuned.
+    It starts from the weights the first run validated with (its best.pt's average), so its first
+    figures are the first run's; then the encoder trains too."""
+    from text2sql.encoder_cache import encoder_fingerprint
+    from text2sql.errors import ConfigError, DataError
+    from text2sql.train import load_run
+    model_flags = dict(bert_layers=3, bert_mix=True, utterance_rnn=True, previous_tables=True)
+    first = Trainer(cfg_for(concert_data, tmp_path / "a", epochs=3, fix_bert=True, ema=0.9, **model_flags),
+                    log=quiet, progress=False).run()
+    saved, _, _ = load_run(first.run_dir)             # best.pt, averaged
+    rows = [json.loads(l) for l in open(os.path.join(first.run_dir, "metrics.jsonl"))]
+    best = [r for r in rows if r["split"] == "valid" and r["epoch"] == saved.checkpoint["epoch"]][0]
+
+    second = Trainer(cfg_for(concert_data, tmp_path / "b", epochs=2, init_from=first.run_dir, lr=1e-3,
+                             lr_bert=1e-3, ema=0.9, **model_flags), log=quiet, progress=False)
+    for n, p in second.model.state_dict().items():
+        assert torch.equal(p, saved.state_dict()[n]), n
+    assert second.vocab.tokens == first.vocab.tokens
+    got = evaluate(second.model, second.valid_ex, second.cfg)
+    assert got["loss"] == pytest.approx(best["loss"], rel=1e-5)
+    assert got["token_acc"] == pytest.approx(best["token_acc"])
+    # the encoder now trains: its own optimiser group, and its weights move
+    assert [g["name"] for g in second.opt.param_groups] == ["rest", "bert"]
+    assert second.average.updates == 0 and second.best == -1.0
+    bert_before = {n: p.detach().clone() for n, p in second.model.encoder.bert.named_parameters()}
+    second.run()
+    moved = [n for n, p in second.model.encoder.bert.named_parameters() if not torch.equal(p, bert_before[n])]
+    assert len(moved) > len(bert_before) // 2
+    assert TrainConfig.load(second.run_dir).init_from == first.run_dir
+    # a resume continues from its own last.pt, not from the first run again
+    resumed = Trainer(TrainConfig(resume=second.run_dir, epochs=3), log=quiet, progress=False)
+    last = torch.load(os.path.join(second.run_dir, "last.pt"), weights_only=False)["model"]
+    for n, p in resumed.model.state_dict().items():
+        assert torch.equal(p, last[n]), n
+
+    # frozen again from a fine-tuned run: the encoder cache is keyed by the loaded weights
+    third = Trainer(cfg_for(concert_data, tmp_path / "c", epochs=1, init_from=second.run_dir + "/last.pt",
+                            fix_bert=True, **model_flags), log=quiet, progress=False)
+    assert third.model.disk_cache.dir.endswith(encoder_fingerprint(third.model.encoder))
+    fresh = Trainer(cfg_for(concert_data, tmp_path / "d", epochs=1, fix_bert=True, **model_flags),
+                    log=quiet, progress=False)
+    assert third.model.disk_cache.dir != fresh.model.disk_cache.dir
+
+    # training targets with keywords the first run's vocabulary lacks: named, and trained as <unk>
+    lines = []
+    lit = Trainer(cfg_for(concert_data, tmp_path / "h", init_from=first.run_dir, values="literal", **model_flags),
+                  log=lines.append, progress=False)
+    warned = [l for l in lines if "not in" in l and "vocabulary" in l]
+    assert len(warned) == 1 and "2014" in warned[0] and "30" in warned[0].split(": ")[-1].split()
+    assert lit.vocab.unk in lit.train_ex[1].targets[1]
+
+    # a checkpoint that does not fit, a missing run, and --resume together: one-line errors
+    with pytest.raises(ConfigError, match=r"does not fit.*--decoder_size 64 there, 32 here"):
+        Trainer(cfg_for(concert_data, tmp_path / "e", init_from=first.run_dir, decoder_size=32, **model_flags),
+                log=quiet, progress=False)
+    with pytest.raises(ConfigError, match=r"does not fit.*--utterance_rnn True there, False here"):
+        Trainer(cfg_for(concert_data, tmp_path / "f", init_from=first.run_dir, bert_layers=3, bert_mix=True,
+                        previous_tables=True), log=quiet, progress=False)
+    with pytest.raises(DataError, match="no best.pt and vocab.json"):
+        Trainer(cfg_for(concert_data, tmp_path / "g", init_from=str(tmp_path / "nowhere")), log=quiet,
+                progress=False)
+    with pytest.raises(ConfigError, match="cannot go with --resume"):
+        Trainer(TrainConfig(resume=second.run_dir, init_from=first.run_dir), log=quiet, progress=False)

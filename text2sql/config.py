@@ -24,6 +24,13 @@ RESUME_MAY_CHANGE = ("epochs", "device", "amp", "max_steps", "grad_checkpointing
                      "decode_valid")
 
 
+# the flags that decide which weights a model has (--init_from names those that differ when a
+# checkpoint does not fit)
+MODEL_KEYS = ("bert", "decoder_size", "turn_size", "unit_mask", "utterance_rnn", "previous_utterances",
+              "joint_layers", "previous_tables", "query_tables", "link_bonus", "unit_types",
+              "bert_layers", "bert_mix")
+
+
 @dataclass
 class TrainConfig:
     # data
@@ -144,6 +151,13 @@ class TrainConfig:
                               "best.pt, which teacher-forced token accuracy picks. 0: off; a bare "
                               "--decode_valid means 1 (greedy)", nargs="?", const=1)
     train_eval_size: int = _f(200, "training interactions evaluated each time (0: all)")
+    init_from: str | None = _f(None, "start from another run's weights instead of a random initialisation: "
+                                     "RUN_DIR (its best.pt) or a checkpoint in it (RUN_DIR/last.pt), its "
+                                     "averaged weights where it kept --ema. For a second stage: a run "
+                                     "trained with --fix_bert continued with the encoder fine-tuned (drop "
+                                     "--fix_bert), at new learning rates. The model flags must build the "
+                                     "same weights; the vocabulary is that run's; optimiser, schedule, "
+                                     "--ema and epochs start afresh")
     resume: str | None = _f(None, "continue the run in RUN_DIR from its last.pt, with its saved config "
                                   "(only " + ", ".join(f"--{k}" for k in RESUME_MAY_CHANGE) + " may change, "
                                   "where given)")

@@ -24,7 +24,7 @@ import torch
 from .config import RESUME_MAY_CHANGE, TrainConfig
 from .data import SHIPPED_DATA, Interaction, db_split, read_split, split_path, tables_path
 from .decoder import mean_distribution
-from .errors import DataError
+from .errors import ConfigError, DataError
 from .metrics import Meter, sequence_loss
 from .model import MODULES, Example, Text2SQL, module_of
 from .schema import load_tables
@@ -323,6 +323,41 @@ def checkpoint_path(path: str) -> tuple[str, str]:
     return path, "best.pt"
 
 
+def init_weights(model: Text2SQL, path: str, cfg: TrainConfig) -> dict:
+    """``--init_from``: ``model`` takes the weights of the checkpoint at ``path``, the averaged ones
+    where it kept ``--ema`` (its validated weights; the average covers only what trained there, and
+    the weights it froze are the same either way). A checkpoint that does not fit the model is a
+    one-line ConfigError naming the model flags that differ."""
+    from .config import MODEL_KEYS
+    try:
+        ck = torch.load(path, map_location=cfg.device, weights_only=False)
+    except Exception as e:
+        raise DataError(f"cannot read the checkpoint: {type(e).__name__}: {' '.join(str(e).split())[:200]}",
+                        file=path) from None
+    state = dict(ck["model"])
+    if "ema" in ck:
+        state.update(ck["ema"]["weights"])
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shape = [k for k in own if k in state and own[k].shape != state[k].shape]
+    if missing or unexpected or shape:
+        theirs = ck.get("config", {})
+        differ = [f"--{k} {theirs[k]!r} there, {getattr(cfg, k)!r} here" for k in MODEL_KEYS
+                  if k in theirs and theirs[k] != getattr(cfg, k)]
+        what = "; ".join(f"{n} {label} (first: {ks[0]})" for n, label, ks in
+                         ((len(missing), "weights it lacks", missing), (len(unexpected), "weights this model lacks",
+                                                                         unexpected),
+                          (len(shape), "of another shape", shape)) if ks)
+        raise ConfigError(f"--init_from {path}: its model does not fit this run's: {what}"
+                          + (f"; model flags that differ: {', '.join(differ)}" if differ else ""))
+    model.load_state_dict(state)
+    if model.disk_cache is not None:     # the frozen encoder's weights are the checkpoint's now
+        from .encoder_cache import EncoderCache, encoder_fingerprint
+        model.disk_cache = EncoderCache(cfg.cache_dir, encoder_fingerprint(model.encoder))
+    return {"epoch": ck.get("epoch"), "weights": "averaged" if "ema" in ck else "raw"}
+
+
 def load_run(run_dir: str, device: str = "cpu", which: str | None = None, raw: bool = False):
     """A trained model (in eval mode) and its config from a run folder (for evaluation and
     prediction): its ``best.pt``, or ``which``, or the checkpoint ``run_dir`` names
@@ -424,6 +459,9 @@ class Trainer:
         from .distributed import setup
         resume_dir = cfg.resume
         changed = {}
+        if resume_dir and cfg.init_from:
+            # (a resumed run that started from --init_from keeps it in its saved config, harmlessly)
+            raise ConfigError("--init_from cannot go with --resume: a resumed run continues from its own last.pt")
         if resume_dir:
             saved = TrainConfig.load(resume_dir)
             # from the command line, the flags given; from Python, the values off their defaults
@@ -446,13 +484,26 @@ class Trainer:
         np.random.seed(cfg.seed)
         torch.manual_seed(cfg.seed)
         train, valid, self.schemas, targets = load_data(cfg, log)
+        init = checkpoint_path(cfg.init_from) if cfg.init_from and not resume_dir else None
+        if init and not all(os.path.isfile(os.path.join(init[0], f)) for f in (init[1], "vocab.json")):
+            raise DataError(f"--init_from {cfg.init_from}: no {init[1]} and vocab.json in {init[0]}")
         if resume_dir:
             self.run_dir = resume_dir
             self.vocab = Vocab.load(os.path.join(resume_dir, "vocab.json"))
         else:
-            # the vocabulary is a function of the data, so every rank builds the same one
-            self.vocab = Vocab.build([t for i in train for t in targets[id(i)]],
-                                     [self.schemas[i.db_id] for i in train])
+            if init:     # the keyword layer's rows are that vocabulary's
+                self.vocab = Vocab.load(os.path.join(init[0], "vocab.json"))
+                unknown = sorted({t for i in train for turn in targets[id(i)]
+                                  for t, k in zip(turn, self.vocab.encode(turn, self.schemas[i.db_id]))
+                                  if k == self.vocab.unk})
+                if unknown:
+                    log(f"warning: {len(unknown)} keyword(s) of the training targets are not in "
+                        f"{cfg.init_from}'s vocabulary and train as <unk>: "
+                        + " ".join(unknown[:10]))
+            else:
+                # the vocabulary is a function of the data, so every rank builds the same one
+                self.vocab = Vocab.build([t for i in train for t in targets[id(i)]],
+                                         [self.schemas[i.db_id] for i in train])
             self.run_dir = self.dist.broadcast_object(new_run_dir(cfg) if self.dist.main else None)
             if self.dist.main:
                 self.vocab.save(os.path.join(self.run_dir, "vocab.json"))
@@ -463,6 +514,9 @@ class Trainer:
         n = cfg.train_eval_size or len(self.train_ex)
         self.train_eval_ex = self.train_ex[:n]
         self.model = build_model(cfg, self.vocab)
+        if init:
+            info = init_weights(self.model, os.path.join(*init), cfg)
+            log(f"initialised from {os.path.join(*init)} (epoch {info['epoch']}, {info['weights']} weights)")
         self.dist.broadcast_params(self.model)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.rest = trainable(self.model)[1]
