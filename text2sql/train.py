@@ -163,13 +163,18 @@ def build_model(cfg: TrainConfig, vocab: Vocab) -> Text2SQL:
     model.from_less = cfg.remove_from        # the target style constrained decoding keeps to
     model.sample_chain = cfg.sample_chain
     if (cfg.fix_bert or cfg.tune_top_layers) and cfg.cache_dir:
-        from .encoder_cache import EncoderCache, encoder_fingerprint
-        model.disk_cache = EncoderCache(cfg.cache_dir, encoder_fingerprint(enc))
+        attach_disk_cache(model, cfg)
     if cfg.key_init:
         texts = [t.replace("_", " ").strip("<>") for t in vocab.tokens]
         with torch.no_grad():
             model.decoder.keyword_emb.weight.copy_(enc.embed_texts(texts))
     return model.to(cfg.device)
+
+
+def attach_disk_cache(model: Text2SQL, cfg: TrainConfig):
+    """The frozen encoder's disk cache, in the folder of its weights as they are now."""
+    from .encoder_cache import EncoderCache, encoder_fingerprint
+    model.disk_cache = EncoderCache(cfg.cache_dir, encoder_fingerprint(model.encoder))
 
 
 def trainable(model: Text2SQL) -> tuple[list, list]:
@@ -345,16 +350,17 @@ def init_weights(model: Text2SQL, path: str, cfg: TrainConfig) -> dict:
         theirs = ck.get("config", {})
         differ = [f"--{k} {theirs[k]!r} there, {getattr(cfg, k)!r} here" for k in MODEL_KEYS
                   if k in theirs and theirs[k] != getattr(cfg, k)]
-        what = "; ".join(f"{n} {label} (first: {ks[0]})" for n, label, ks in
-                         ((len(missing), "weights it lacks", missing), (len(unexpected), "weights this model lacks",
-                                                                         unexpected),
-                          (len(shape), "of another shape", shape)) if ks)
+        parts = []
+        for label, keys in (("weights it lacks", missing), ("weights this model lacks", unexpected),
+                            ("of another shape", shape)):
+            if keys:
+                parts.append(f"{len(keys)} {label} (first: {keys[0]})")
+        what = "; ".join(parts)
         raise ConfigError(f"--init_from {path}: its model does not fit this run's: {what}"
                           + (f"; model flags that differ: {', '.join(differ)}" if differ else ""))
     model.load_state_dict(state)
     if model.disk_cache is not None:     # the frozen encoder's weights are the checkpoint's now
-        from .encoder_cache import EncoderCache, encoder_fingerprint
-        model.disk_cache = EncoderCache(cfg.cache_dir, encoder_fingerprint(model.encoder))
+        attach_disk_cache(model, cfg)
     return {"epoch": ck.get("epoch"), "weights": "averaged" if "ema" in ck else "raw"}
 
 
@@ -493,13 +499,6 @@ class Trainer:
         else:
             if init:     # the keyword layer's rows are that vocabulary's
                 self.vocab = Vocab.load(os.path.join(init[0], "vocab.json"))
-                unknown = sorted({t for i in train for turn in targets[id(i)]
-                                  for t, k in zip(turn, self.vocab.encode(turn, self.schemas[i.db_id]))
-                                  if k == self.vocab.unk})
-                if unknown:
-                    log(f"warning: {len(unknown)} keyword(s) of the training targets are not in "
-                        f"{cfg.init_from}'s vocabulary and train as <unk>: "
-                        + " ".join(unknown[:10]))
             else:
                 # the vocabulary is a function of the data, so every rank builds the same one
                 self.vocab = Vocab.build([t for i in train for t in targets[id(i)]],
@@ -510,6 +509,12 @@ class Trainer:
                 cfg.save(self.run_dir)
         self.train_ex = make_examples(train, self.schemas, targets, self.vocab)
         self.valid_ex = make_examples(valid, self.schemas, targets, self.vocab)
+        if init:
+            unknown = sorted({t for e in self.train_ex for toks, ids in zip(e.tokens, e.targets)
+                              for t, k in zip(toks, ids) if k == self.vocab.unk})
+            if unknown:
+                log(f"warning: {len(unknown)} keyword(s) of the training targets are not in "
+                    f"{cfg.init_from}'s vocabulary and train as <unk>: " + " ".join(unknown[:10]))
         self.valid_items = valid         # their gold SQL, for --decode_valid
         n = cfg.train_eval_size or len(self.train_ex)
         self.train_eval_ex = self.train_ex[:n]
