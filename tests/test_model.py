@@ -529,6 +529,96 @@ def test_resume_equals_uninterrupted_run(concert_data, tmp_path):
     assert strip(la) == strip(lb)
 
 
+def test_checkpoints_name_a_frozen_encoder_by_its_digest_and_loading_checks_it(concert_data, tmp_path):
+    """A frozen encoder that is --bert's is left out of best.pt and last.pt (only its digest is
+    kept; best.pt has no optimiser state), and every way of loading them gives back the trained
+    weights: evaluation's load_run, a resume (to the same result as an uninterrupted run) and
+    --init_from. Loading over an encoder with other weights is a one-line error naming the file."""
+    from text2sql.errors import DataError
+    from text2sql.train import init_weights, load_run
+    full, resumed = _uninterrupted_and_resumed(concert_data, tmp_path, fix_bert=True, ema=0.9)
+    for k, v in full.model.state_dict().items():
+        assert torch.equal(v, resumed.model.state_dict()[k]), k
+    run = resumed.run_dir
+    last = torch.load(os.path.join(run, "last.pt"), weights_only=False)
+    best = torch.load(os.path.join(run, "best.pt"), weights_only=False)
+    encoder_keys = [k for k in full.model.state_dict() if k.startswith("encoder.")]
+    for ck in (last, best):
+        assert not any(k.startswith("encoder.") for k in ck["model"])
+        assert sorted(ck["frozen_encoder"]["keys"]) == sorted(encoder_keys)
+    assert "optimizer" in last and "optimizer" not in best and "rng" not in best
+    raw, _, _ = load_run(os.path.join(run, "last.pt"), raw=True)
+    for k, v in resumed.model.state_dict().items():
+        assert torch.equal(raw.state_dict()[k], v), k
+    # the same weights, saved in full, make a file about twice the size (the encoder is most of it)
+    whole = str(tmp_path / "whole.pt")
+    torch.save({**last, "model": resumed.model.state_dict()}, whole)
+    assert os.path.getsize(whole) > 1.5 * os.path.getsize(os.path.join(run, "last.pt"))
+
+    # an encoder with other weights (the tiny random BERT is drawn from the run's seed)
+    other = Trainer(cfg_for(concert_data, tmp_path / "o", fix_bert=True, ema=0.9, seed=1), log=quiet,
+                    progress=False)
+    with pytest.raises(DataError) as e:
+        init_weights(other.model, os.path.join(run, "best.pt"), other.cfg)
+    msg = str(e.value)
+    assert "\n" not in msg and "best.pt" in msg and "frozen encoder" in msg and "'tiny'" in msg
+
+    # after --init_from a run whose encoder trained, the frozen weights are that run's: kept in full
+    tuned = Trainer(cfg_for(concert_data, tmp_path / "t", epochs=1, init_from=run, lr_bert=1e-3),
+                    log=quiet, progress=False).run()
+    assert tuned.frozen is None        # nothing is frozen there
+    frozen = Trainer(cfg_for(concert_data, tmp_path / "f", epochs=1, init_from=tuned.run_dir + "/last.pt",
+                             fix_bert=True, ema=0.9), log=quiet, progress=False).run()
+    assert frozen.frozen is None
+    ck = torch.load(os.path.join(frozen.run_dir, "last.pt"), weights_only=False)
+    assert "frozen_encoder" not in ck and set(encoder_keys) <= set(ck["model"])
+    back, _, _ = load_run(frozen.run_dir + "/last.pt", raw=True)
+    for k in encoder_keys:
+        assert torch.equal(back.state_dict()[k], tuned.model.state_dict()[k]), k
+    assert not all(torch.equal(back.state_dict()[k], full.model.state_dict()[k]) for k in encoder_keys)
+
+
+def test_slim_checkpoints_script_rewrites_an_older_runs_checkpoints(concert_data, tmp_path):
+    """scripts/slim_checkpoints.py on checkpoints in the form saved before (encoder weights in full,
+    optimiser state in best.pt too): rewritten in the current form, loading to the same weights;
+    a second pass and a run whose encoder trained are left as they are."""
+    import subprocess
+    import sys
+    from text2sql.train import load_run
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    tr = Trainer(cfg_for(concert_data, tmp_path / "f", epochs=2, fix_bert=True, ema=0.9), log=quiet,
+                 progress=False).run()
+    full_model = tr.model.state_dict()
+    for name in ("best.pt", "last.pt"):          # as an older version wrote them
+        path = os.path.join(tr.run_dir, name)
+        ck = torch.load(path, weights_only=False)
+        del ck["frozen_encoder"]
+        ck["model"] = {**{k: v for k, v in full_model.items() if k.startswith("encoder.")}, **ck["model"]}
+        ck.update(optimizer=tr.opt.state_dict(), scheduler=tr.sched.state_dict())
+        torch.save(ck, path)
+    before = {n: load_run(os.path.join(tr.run_dir, n), raw=True)[0].state_dict() for n in ("best.pt", "last.pt")}
+    sizes = {n: os.path.getsize(os.path.join(tr.run_dir, n)) for n in ("best.pt", "last.pt")}
+    tuned = Trainer(cfg_for(concert_data, tmp_path / "t", epochs=1), log=quiet, progress=False).run()
+
+    def slim(*runs):
+        p = subprocess.run([sys.executable, "scripts/slim_checkpoints.py", *runs], cwd=root,
+                           capture_output=True, text=True, timeout=300)
+        assert p.returncode == 0, p.stderr[-1500:]
+        return p.stdout
+    out = slim(tr.run_dir, tuned.run_dir)
+    assert "frozen encoder left out" in out and "optimiser state dropped" in out and "its encoder trained: kept" in out
+    for n in ("best.pt", "last.pt"):
+        path = os.path.join(tr.run_dir, n)
+        ck = torch.load(path, weights_only=False)
+        assert "frozen_encoder" in ck and not any(k.startswith("encoder.") for k in ck["model"])
+        assert ("optimizer" in ck) == (n == "last.pt")
+        assert os.path.getsize(path) < sizes[n] / 1.5
+        after = load_run(path, raw=True)[0].state_dict()
+        for k, v in before[n].items():
+            assert torch.equal(after[k], v), (n, k)
+    assert "frozen encoder already left out" in slim(tr.run_dir) and "0.0 MB freed" in slim(tr.run_dir)
+
+
 def test_weight_average_follows_its_formula_and_leaves_frozen_weights_out():
     from text2sql.train import WeightAverage
     net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))

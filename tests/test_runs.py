@@ -539,3 +539,52 @@ def test_an_ema_runs_own_figure_is_its_averaged_weights_and_raw_ones_are_an_abla
     dashed = [(ys, label) for ys, label, style in drawn if "raw weights" in label]
     assert [ys for ys, _ in dashed] == [[r["token_acc"] for r in raw_rows], [r["string_acc"] for r in raw_rows]]
     assert all(style == "--" for _, label, style in drawn if "raw weights" in label)
+
+
+def test_an_init_from_runs_epochs_are_drawn_after_its_parents(logdir, tmp_path, capsys):
+    """init.json records where an --init_from run started, chained through a second one: compare
+    names it, and its plot draws the run's epochs after its parents' (x = own epoch + offset)."""
+    from text2sql import train
+    second = tmp_path / "second"
+    train.Trainer(base_cfg(second, init_from=str(logdir / "mt3"), epochs=2, max_turn=3), log=quiet,
+                  progress=False).run()
+    parent_epoch = expected_best(metrics_rows(logdir / "mt3"), "token_acc")[1]     # its best.pt
+    rec = json.loads((second / "init.json").read_text())
+    assert rec["from"] == os.path.join(str(logdir / "mt3"), "best.pt") and rec["epoch"] == parent_epoch
+    assert rec["offset"] == parent_epoch
+    third = tmp_path / "third"
+    train.Trainer(base_cfg(third, init_from=str(second / "last.pt"), epochs=1, max_turn=3), log=quiet,
+                  progress=False).run()
+    assert json.loads((third / "init.json").read_text())["offset"] == parent_epoch + 2
+
+    assert main(["compare", str(logdir / "mt3"), str(second), str(third), "--json"]) == 0
+    by_name = {s["name"]: s for s in json.loads(capsys.readouterr().out)["runs"]}
+    assert by_name["mt3"]["started_from"] == "" and by_name["mt3"]["epoch_offset"] == 0
+    assert by_name["third"]["started_from"] == f"{second / 'last.pt'} (epoch 2)"
+    assert by_name["third"]["epoch_offset"] == parent_epoch + 2
+    assert main(["compare", str(second), str(third)]) == 0
+    line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("started from"))
+    assert "(epoch 2)" in line and f"(epoch {parent_epoch})" in line
+
+    import matplotlib.axes
+    drawn = []
+    real_plot = matplotlib.axes.Axes.plot
+
+    def spy(self, *args, **kw):
+        drawn.append((list(args[0]), kw.get("label", "")))
+        return real_plot(self, *args, **kw)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(matplotlib.axes.Axes, "plot", spy)
+        assert main(["compare", str(logdir / "mt3"), str(second), str(third), "--plot",
+                     str(tmp_path / "chain.png")]) == 0
+    xs = {label.split(" ")[0].rstrip(","): x for x, label in drawn}
+    assert xs["mt3"] == [1, 2]
+    assert xs["second"] == [parent_epoch + 1, parent_epoch + 2]
+    assert xs["third"] == [parent_epoch + 3]
+    assert any(label.startswith("third") and f"after epoch {parent_epoch + 2}" in label for _, label in drawn)
+    # a damaged record is a listed problem, and the run is drawn from epoch 1
+    (third / "init.json").write_text("{oops")
+    capsys.readouterr()
+    assert main(["compare", str(third), "--json"]) == 0
+    s = json.loads(capsys.readouterr().out)["runs"][0]
+    assert s["epoch_offset"] == 0 and any("init.json" in p for p in s["problems"])

@@ -50,6 +50,13 @@ class Run:
     started: float | None = None
     resumes: list = field(default_factory=list)     # resumes.jsonl: what each resume changed
     reports: list = field(default_factory=list)     # evaluate's reports found in the folder (Report)
+    init: dict | None = None     # init.json: the checkpoint an --init_from run started from
+
+    @property
+    def offset(self) -> int:
+        """Epochs trained before this run's first (an --init_from run's parents'): the plot's shift."""
+        v = (self.init or {}).get("offset")
+        return v if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else 0
 
     @property
     def split(self) -> str:
@@ -150,6 +157,8 @@ def load_run(path: str) -> Run:
     run.rows = read_metrics(os.path.join(path, "metrics.jsonl"), run.problems)
     run.status = _read_json_object(os.path.join(path, "status.json"), "status.json", run.problems)
     run.started = start_time(path, names)
+    if "init.json" in names:
+        run.init = _read_json_object(os.path.join(path, "init.json"), "init.json", run.problems)
     text = _read_text(os.path.join(path, "resumes.jsonl"), "resumes.jsonl", run.problems) or ""
     for i, line in enumerate(text.splitlines(), 1):
         try:
@@ -291,6 +300,14 @@ def resumed_with(run: Run) -> str:
     return "; ".join(parts)
 
 
+def started_from(run: Run) -> str:
+    """An --init_from run's start, e.g. ``logs/s13/last.pt (epoch 10)``; '' for any other run."""
+    if not run.init:
+        return ""
+    epoch = run.init.get("epoch")
+    return f"{run.init.get('from', '?')}" + (f" (epoch {epoch})" if epoch is not None else "")
+
+
 def looks_like_run(path: str) -> bool:
     return any(n in RUN_FILES or EVENTS.match(n) for n in _listdir(path))
 
@@ -420,6 +437,7 @@ def summary(run: Run, diff_keys: list[str]) -> dict:
         "last": {k: _pair(last(run.rows, split, k)) for k in ACCURACIES},
         "config": {k: cfg.get(k, "-") for k in diff_keys} if run.config is not None else None,
         "resumed_with": resumed_with(run),
+        "started_from": started_from(run), "epoch_offset": run.offset,
         "decoded": [r.as_dict() for r in run.reports],
         "best_decoded": None if top is None else top.as_dict(),
         "status": lifecycle(run), "problems": list(run.problems),
@@ -598,6 +616,8 @@ def compare_table(summaries: list[dict], diff_keys: list[str], ref: Reference) -
     row("note", [s["note"] or "-" for s in summaries])
     for k in diff_keys:
         row(f"config {k}", [_value(s["config"][k]) if s["config"] is not None else "?" for s in summaries])
+    if any(s["started_from"] for s in summaries):
+        row("started from (--init_from)", [s["started_from"] or "-" for s in summaries])
     if any(s["resumed_with"] for s in summaries):
         row("resumed with", [s["resumed_with"] or "-" for s in summaries])
     row("status", [status_cell(s) for s in summaries])
@@ -637,7 +657,8 @@ def plot_compare(runs: list[Run], ref: Reference, out: str) -> str:
     decoded = any(curve(r.rows, "valid_decoded", "question_match") for r in runs)
     keys = ("token_acc", "string_acc") + (("question_match",) if decoded else ())
     fig, axes = plt.subplots(1, len(keys), figsize=(6 * len(keys), 5.2), layout="constrained")
-    run_epochs = [e for r in runs for e, _ in curve(r.rows, r.split, "token_acc")]
+    # an --init_from run's epochs continue its parent's (init.json's offset)
+    run_epochs = [e + r.offset for r in runs for e, _ in curve(r.rows, r.split, "token_acc")]
     xmax = max(run_epochs, default=None)
     for ax, key in zip(axes, keys):
         if key == "question_match":
@@ -645,11 +666,13 @@ def plot_compare(runs: list[Run], ref: Reference, out: str) -> str:
             continue
         for r in runs:
             pts = curve(r.rows, r.split, key)
-            label = r.name + (f" ({r.note})" if r.note else "") + ("" if r.split == "valid" else " [train]")
-            line, = ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", markersize=3.5, label=label)
+            label = (r.name + (f" ({r.note})" if r.note else "") + ("" if r.split == "valid" else " [train]")
+                     + _after(r))
+            line, = ax.plot([p[0] + r.offset for p in pts], [p[1] for p in pts], marker="o", markersize=3.5,
+                            label=label)
             raw = curve(r.rows, "valid_raw", key) if r.split == "valid" else []
             if raw:      # an --ema run: its raw weights dashed beside the average it validates with
-                ax.plot([p[0] for p in raw], [p[1] for p in raw], color=line.get_color(), linestyle="--",
+                ax.plot([p[0] + r.offset for p in raw], [p[1] for p in raw], color=line.get_color(), linestyle="--",
                         linewidth=1, label=f"{r.name}, raw weights (without --ema's average)")
         _draw_reference(ax, ref, key, xmax)
         ax.set_title(f"valid {LABELS[key]} accuracy (teacher-forced)")
@@ -668,6 +691,10 @@ def plot_compare(runs: list[Run], ref: Reference, out: str) -> str:
     return out
 
 
+def _after(run: Run) -> str:
+    return f", --init_from after epoch {run.offset}" if run.offset else ""
+
+
 def _plot_decoded(ax, runs: list[Run], xmax):
     """Decoded question match per epoch (``--decode_valid``), each turn reading its own previous
     prediction, with EditSQL's published figure."""
@@ -676,8 +703,8 @@ def _plot_decoded(ax, runs: list[Run], xmax):
         pts = curve(r.rows, "valid_decoded", "question_match")
         beams = {row.get("beam") for row in r.rows if row.get("split") == "valid_decoded"}
         how = "greedy" if beams == {1} else "beam " + "/".join(str(b) for b in sorted(beams, key=str))
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", markersize=3.5,
-                label=f"{r.name} ({how})" if pts else f"{r.name} (no --decode_valid)")
+        ax.plot([p[0] + r.offset for p in pts], [p[1] for p in pts], marker="o", markersize=3.5,
+                label=(f"{r.name} ({how})" if pts else f"{r.name} (no --decode_valid)") + _after(r))
     target = PUBLISHED_DECODED["question_match"]
     ax.axhline(target, color="black", linewidth=1, linestyle=":", label=f"EditSQL published: {target:.1f}")
     ax.set_title("valid question match (decoded, --decode_valid)")

@@ -4,10 +4,15 @@ A run folder ``logs/<Mon DD_HH-MM-SS>_<host>/`` holds ``config.json``, ``vocab.j
 ``metrics.jsonl`` (one object per split per evaluation), tensorboardX events, and ``best.pt`` /
 ``last.pt`` (and ``best_match.pt`` with ``--decode_valid``), each written to a temporary file and renamed so that a crash never leaves a torn
 checkpoint. ``--resume RUN_DIR`` continues from ``last.pt`` (model, optimiser, schedule, RNG
-states, data order) to the same result as a run that was never interrupted.
+states, data order) to the same result as a run that was never interrupted; ``best.pt`` and
+``best_match.pt`` hold weights only (no optimiser state: nothing resumes from them). A frozen
+encoder whose weights are the ones ``--bert`` loads is left out of every checkpoint and named by
+its SHA-256 instead (``frozen_encoder``), which loading checks: MiniLM is 91 of a frozen run's
+186 MB a checkpoint.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -315,6 +320,42 @@ def set_rng_state(s):
     torch.set_rng_state(s["torch"])
 
 
+# A frozen encoder's weights are those --bert loads, the same in every checkpoint of the run:
+# checkpoints name them by a digest instead of holding them (frozen_encoder below), and loading
+# takes them from the encoder it builds after checking the digest.
+def frozen_encoder_keys(model: Text2SQL) -> list[str]:
+    """The state entries of the encoder that training never changes (frozen parameters, buffers)."""
+    learns = {n for n, p in model.named_parameters() if p.requires_grad}
+    return [k for k in model.state_dict() if k.startswith("encoder.") and k not in learns]
+
+
+def weights_digest(state: dict, keys: list[str]) -> str:
+    """SHA-256 over the named tensors' names, dtypes, shapes and bytes."""
+    h = hashlib.sha256()
+    for k in sorted(keys):
+        t = state[k].detach().to("cpu").contiguous()
+        h.update(f"{k}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def full_state(model: Text2SQL, ck: dict, state: dict, path: str) -> dict:
+    """``state`` (a checkpoint's weights) with the frozen encoder weights the checkpoint left out
+    taken from ``model``, whose encoder must be the one the run trained over (same digest)."""
+    omitted = ck.get("frozen_encoder")
+    if not omitted:
+        return state
+    own = model.state_dict()
+    keys = omitted["keys"]
+    lacking = [k for k in keys if k not in own]
+    if lacking or weights_digest(own, keys) != omitted["sha256"]:
+        raise DataError(f"this checkpoint was saved without its frozen encoder, --bert {omitted['bert']!r} "
+                        f"(weights sha256 {omitted['sha256'][:16]}…), and the encoder built here has other "
+                        f"weights" + (f" ({len(lacking)} of those tensors missing, first: {lacking[0]})" if lacking
+                                      else "") + ": give the same --bert as that run", file=path)
+    return {**{k: own[k] for k in keys}, **state}
+
+
 def checkpoint_path(path: str) -> tuple[str, str]:
     """(run folder, checkpoint file name) for a run given as its folder (its ``best.pt``) or as one
     of the checkpoints in it (``RUN/last.pt``): the config and vocabulary beside it are the run's."""
@@ -339,7 +380,7 @@ def init_weights(model: Text2SQL, path: str, cfg: TrainConfig) -> dict:
     except Exception as e:
         raise DataError(f"cannot read the checkpoint: {type(e).__name__}: {' '.join(str(e).split())[:200]}",
                         file=path) from None
-    state = dict(ck["model"])
+    state = full_state(model, ck, dict(ck["model"]), path)
     if "ema" in ck:
         state.update(ck["ema"]["weights"])
     own = model.state_dict()
@@ -361,7 +402,62 @@ def init_weights(model: Text2SQL, path: str, cfg: TrainConfig) -> dict:
     model.load_state_dict(state)
     if model.disk_cache is not None:     # the frozen encoder's weights are the checkpoint's now
         attach_disk_cache(model, cfg)
-    return {"epoch": ck.get("epoch"), "weights": "averaged" if "ema" in ck else "raw"}
+    return {"epoch": ck.get("epoch"), "step": ck.get("step"), "weights": "averaged" if "ema" in ck else "raw"}
+
+
+def slim_checkpoint(path: str) -> tuple[int, int, str]:
+    """Rewrites a checkpoint saved before frozen encoders were left out (see ``Trainer.checkpoint``)
+    in the current form: without the frozen weights where they are ``--bert``'s, and, but for
+    ``last.pt``, without optimiser state. -> (bytes before, bytes after, what was done)."""
+    run_dir, which = checkpoint_path(path)
+    path = os.path.join(run_dir, which)
+    before = os.path.getsize(path)
+    cfg = TrainConfig.load(run_dir)
+    cfg.cache_dir = ""              # only the weights are needed, not the encoder's cache
+    model = build_model(cfg, Vocab.load(os.path.join(run_dir, "vocab.json")))
+    keys = frozen_encoder_keys(model)
+    ck = torch.load(path, map_location="cpu", weights_only=False)
+    done, changed = [], False
+    if not keys:
+        done.append("its encoder trained: kept")
+    elif "frozen_encoder" in ck:
+        done.append("frozen encoder already left out")
+    elif any(k not in ck["model"] for k in keys):
+        raise DataError("lacks frozen encoder weights but names no digest for them", file=path)
+    else:
+        digest = weights_digest(model.state_dict(), keys)
+        if weights_digest(ck["model"], keys) != digest:
+            done.append(f"its frozen encoder is not --bert {cfg.bert!r}'s (--init_from a tuned run?): kept")
+        else:
+            ck["model"] = {k: v for k, v in ck["model"].items() if k not in set(keys)}
+            ck["frozen_encoder"] = {"sha256": digest, "keys": keys, "bert": cfg.bert}
+            done.append(f"frozen encoder left out ({len(keys)} tensors)")
+            changed = True
+    if which != "last.pt" and "optimizer" in ck:
+        for k in ("optimizer", "scheduler", "rng"):
+            ck.pop(k, None)
+        done.append("optimiser state dropped")
+        changed = True
+    if changed:
+        atomic_save(ck, path)
+    return before, os.path.getsize(path), "; ".join(done)
+
+
+def write_init_record(run_dir: str, path: str, info: dict):
+    """``init.json``: the checkpoint an ``--init_from`` run started from, and after how many epochs
+    of training in all (``offset``: its epoch plus its own run's offset, where that run too started
+    from another), so that ``compare --plot`` draws the run's epochs after its parent's."""
+    parent = os.path.join(os.path.dirname(path), "init.json")
+    before = 0
+    if os.path.isfile(parent):
+        try:
+            with open(parent, encoding="utf-8") as f:
+                before = int(json.load(f).get("offset") or 0)
+        except (ValueError, TypeError, AttributeError, OSError):
+            before = 0      # a damaged record only costs the plot its offset
+    atomic_write_text(os.path.join(run_dir, "init.json"), json.dumps(
+        {"from": path, "epoch": info["epoch"], "step": info["step"], "weights": info["weights"],
+         "offset": before + int(info["epoch"] or 0)}) + "\n")
 
 
 def load_run(run_dir: str, device: str = "cpu", which: str | None = None, raw: bool = False):
@@ -377,7 +473,7 @@ def load_run(run_dir: str, device: str = "cpu", which: str | None = None, raw: b
     model = build_model(cfg, vocab)
     path = os.path.join(run_dir, which)
     ckpt = torch.load(path, map_location=device, weights_only=False)
-    model.load_state_dict(ckpt["model"])
+    model.load_state_dict(full_state(model, ckpt, ckpt["model"], path))
     averaged = "ema" in ckpt and not raw
     if averaged:
         avg = WeightAverage(model, ckpt["ema"]["decay"])
@@ -519,9 +615,14 @@ class Trainer:
         n = cfg.train_eval_size or len(self.train_ex)
         self.train_eval_ex = self.train_ex[:n]
         self.model = build_model(cfg, self.vocab)
+        # the frozen encoder as --bert loads it: checkpoints leave it out for as long as it stays so
+        frozen = frozen_encoder_keys(self.model)
+        package = weights_digest(self.model.state_dict(), frozen) if frozen else None
         if init:
             info = init_weights(self.model, os.path.join(*init), cfg)
             log(f"initialised from {os.path.join(*init)} (epoch {info['epoch']}, {info['weights']} weights)")
+            if self.dist.main:
+                write_init_record(self.run_dir, os.path.join(*init), info)
         self.dist.broadcast_params(self.model)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.rest = trainable(self.model)[1]
@@ -534,8 +635,9 @@ class Trainer:
         self.machine = describe_machine()
         self.average = None
         if resume_dir:
-            ck = torch.load(os.path.join(resume_dir, "last.pt"), map_location=cfg.device, weights_only=False)
-            self.model.load_state_dict(ck["model"])
+            path = os.path.join(resume_dir, "last.pt")
+            ck = torch.load(path, map_location=cfg.device, weights_only=False)
+            self.model.load_state_dict(full_state(self.model, ck, ck["model"], path))
             self.opt.load_state_dict(ck["optimizer"])
             self.sched.load_state_dict(ck["scheduler"])
             self.epoch, self.step, self.best = ck["epoch"], ck["step"], ck["best"]
@@ -556,6 +658,11 @@ class Trainer:
                 with open(os.path.join(resume_dir, "resumes.jsonl"), "a") as f:
                     f.write(json.dumps({"after_epoch": self.epoch, "step": self.step, "changed": changed}) + "\n")
                 cfg.save(resume_dir)
+        # (after --init_from, or a resume of a run that saved them, the frozen weights may be another
+        # run's, and are then kept in every checkpoint)
+        self.frozen = None
+        if frozen and (not (init or resume_dir) or weights_digest(self.model.state_dict(), frozen) == package):
+            self.frozen = {"sha256": package, "keys": frozen, "bert": cfg.bert}
         if cfg.ema:     # from the weights as loaded; a resume that switches it on starts it here
             self.average = WeightAverage(self.model, cfg.ema)
             if resume_dir and "ema" in ck:
@@ -572,14 +679,22 @@ class Trainer:
             + (f"; {self.dist.world} processes" if self.dist.enabled else ""))
 
     # ---- checkpoints -------------------------------------------------------------------------
-    def checkpoint(self) -> dict:
+    def checkpoint(self, resumable: bool = True) -> dict:
         """The raw weights (the optimiser's; resuming needs them) and, with ``--ema``, their
-        average, which ``load_run`` gives for decoding."""
-        ck = {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
-              "scheduler": self.sched.state_dict(), "epoch": self.epoch, "step": self.step,
+        average, which ``load_run`` gives for decoding; the optimiser, schedule and RNG states where
+        ``resumable`` (``last.pt``: best.pt's would double a frozen run's file for nothing). A frozen
+        encoder that is still ``--bert``'s is named by its digest, not stored."""
+        state = self.model.state_dict()
+        if self.frozen:
+            for k in self.frozen["keys"]:
+                del state[k]
+        ck = {"model": state, "epoch": self.epoch, "step": self.step,
               "best": self.best, "best_match": self.best_match, "skipped": self.skipped,
-              "elapsed": self.elapsed, "rng": rng_state(),
-              "config": asdict(self.cfg), "vocab": self.vocab.tokens}
+              "elapsed": self.elapsed, "config": asdict(self.cfg), "vocab": self.vocab.tokens}
+        if resumable:
+            ck.update(optimizer=self.opt.state_dict(), scheduler=self.sched.state_dict(), rng=rng_state())
+        if self.frozen:
+            ck["frozen_encoder"] = self.frozen
         if self.average is not None:
             ck["ema"] = self.average.state_dict()
         return ck
@@ -777,10 +892,10 @@ class Trainer:
             self.elapsed += time.time() - t0
             if score > self.best:
                 self.best = score
-                atomic_save(self.checkpoint(), os.path.join(self.run_dir, "best.pt"))
+                atomic_save(self.checkpoint(resumable=False), os.path.join(self.run_dir, "best.pt"))
                 line += " *"
             if new_match:        # saved as best.pt is, outside validated(): the raw weights stay the model's
-                atomic_save(self.checkpoint(), os.path.join(self.run_dir, "best_match.pt"))
+                atomic_save(self.checkpoint(resumable=False), os.path.join(self.run_dir, "best_match.pt"))
         line += f" | {self.elapsed:.0f}s"
         atomic_save(self.checkpoint(), os.path.join(self.run_dir, "last.pt"))
         self.writer.flush()
