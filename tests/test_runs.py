@@ -588,3 +588,42 @@ def test_an_init_from_runs_epochs_are_drawn_after_its_parents(logdir, tmp_path, 
     assert main(["compare", str(third), "--json"]) == 0
     s = json.loads(capsys.readouterr().out)["runs"][0]
     assert s["epoch_offset"] == 0 and any("init.json" in p for p in s["problems"])
+
+
+def test_an_ensemble_report_in_another_members_folder_is_judged_by_that_members_checkpoint(
+        logdir, tmp_path, capsys):
+    import torch
+    a, b = tmp_path / "mt3", tmp_path / "mt1"
+    shutil.copytree(logdir / "mt3", a)
+    shutil.copytree(logdir / "mt1", b)
+    for run in (a, b):                      # only the ensemble's reports below
+        for sub in ("greedy", "beam2", "gold"):
+            shutil.rmtree(run / sub, ignore_errors=True)
+    epoch = {r: torch.load(r / "best.pt", map_location="cpu", weights_only=False)["epoch"] for r in (a, b)}
+    # a real ensemble decoding, its report kept in the second member's folder
+    assert main(["evaluate", "--run", str(a), "--ensemble", str(b), "--out", str(b / "ens")]) == 0
+    capsys.readouterr()
+    rep = report_file(b, "ens")
+    assert rep["decoding"]["checkpoint"]["epoch"] == epoch[a]
+    assert rep["decoding"]["ensemble_checkpoints"][0]["epoch"] == epoch[b]
+
+    def decoded(run):
+        assert main(["compare", str(run), "--json"]) == 0
+        (d,) = json.loads(capsys.readouterr().out)["runs"][0]["decoded"]
+        return d
+    d = decoded(b)
+    assert d["ensemble"] == 2 and d["epoch"] == epoch[b] and not d["stale"] and not d["own"]
+    # the same file in the first member's folder is judged by the first member's checkpoint
+    shutil.copytree(b / "ens", a / "ens")
+    d = decoded(a)
+    assert d["epoch"] == epoch[a] and not d["stale"]
+    # the second member's best.pt moved on: stale there, still current in the first's folder
+    rep["decoding"]["ensemble_checkpoints"][0]["epoch"] = epoch[b] + 5
+    for run in (a, b):
+        (run / "ens" / "eval_dev.json").write_text(json.dumps(rep))
+    assert decoded(b)["stale"] and not decoded(a)["stale"]
+    # read from another directory (the recorded paths lead nowhere): matched by folder name
+    rep["decoding"]["ensemble"] = ["elsewhere/mt3", "elsewhere/mt1"]
+    rep["decoding"]["ensemble_checkpoints"][0]["epoch"] = epoch[b]
+    (b / "ens" / "eval_dev.json").write_text(json.dumps(rep))
+    assert decoded(b)["epoch"] == epoch[b]

@@ -254,7 +254,7 @@ def read_reports(path: str, problems: list, best_epoch: int | None = None,
         if not (_finite(qm) and _finite(im)):
             problems.append(f"corrupt: {rel}: no question and interaction match")
             continue
-        ckpt = dec.get("checkpoint") if isinstance(dec.get("checkpoint"), dict) else {}
+        ckpt = _member_checkpoint(path, dec)
         epoch = ckpt.get("epoch") if isinstance(ckpt.get("epoch"), int) else None
         which = ckpt.get("file") if isinstance(ckpt.get("file"), str) and ckpt.get("file") else "best.pt"
         members = dec.get("ensemble")
@@ -276,6 +276,36 @@ def read_reports(path: str, problems: list, best_epoch: int | None = None,
                           turn_beam=dec["turn_beam"] if isinstance(dec.get("turn_beam"), int) else 1,
                           metric=str(obj.get("metric") or "strict"), checkpoint=which))
     return out
+
+
+def _member_checkpoint(path: str, dec: dict) -> dict:
+    """The checkpoint record, in a report's ``decoding``, of the model this run folder holds. An
+    ensemble report names its first member's checkpoint (``checkpoint``) and the others' in
+    order (``ensemble_checkpoints``); kept in another member's folder (``evaluate --run A
+    --ensemble B --out B/NAME``), it is judged by B's checkpoint, not by A's. A member is the
+    folder where its path is the same folder, or else (a report read from another directory, or
+    a copied folder) where the folder names match."""
+    first = dec.get("checkpoint") if isinstance(dec.get("checkpoint"), dict) else {}
+    members, others = dec.get("ensemble"), dec.get("ensemble_checkpoints")
+    if not (isinstance(members, list) and isinstance(others, list) and len(others) == len(members) - 1
+            and all(isinstance(m, str) for m in members)):
+        return first
+    folders = [os.path.dirname(m) if m.endswith(".pt") else m for m in members]
+    same = [i for i, f in enumerate(folders) if _same_folder(f, path)]
+    if not same:
+        name = os.path.basename(os.path.normpath(path))
+        same = [i for i, f in enumerate(folders) if os.path.basename(os.path.normpath(f)) == name]
+    if not same or same[0] == 0:
+        return first
+    theirs = others[same[0] - 1]
+    return theirs if isinstance(theirs, dict) else {}
+
+
+def _same_folder(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 def _listdir(path: str) -> list[str]:
