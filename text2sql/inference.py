@@ -51,8 +51,9 @@ class Conversation:
     turns are not decoded again either."""
 
     def __init__(self, model, schema: Schema, beam: int = 1, constrained: bool = True, ensemble=(),
-                 length_penalty: float = 0.0):
+                 length_penalty: float = 0.0, fill_values: bool = True, db_path: str | None = None):
         from .train import table_units
+        from .values import ValueFiller
         self.model = model.eval()
         self.ensemble = [m.eval() for m in ensemble]
         for m in [self.model, *self.ensemble]:
@@ -61,18 +62,39 @@ class Conversation:
         self.length_penalty = length_penalty
         self.tables = table_units(schema)
         self.kinds = schema.unit_kinds()
+        # placeholders get literals from the questions (and the database's cells, given its file)
+        self.filler = ValueFiller(schema, db_path) if fill_values else None
         self.reset()
 
     def reset(self):
         """A new conversation (the kept encodings stay valid: same weights, same schema)."""
         self.words: list[list[str]] = []
+        self.questions: list[str] = []
         self.done: list[list[int]] = []
+        self.filled: list[str] | None = None     # the last turn's tokens, values filled in
+
+    def ask_sql(self, question: str | list[str]) -> tuple[str, str | None]:
+        """The next question -> (its SQL with values filled in where the conversation gives them,
+        the reason it is not a well-formed query or None)."""
+        from .decoding import ids_to_sql
+        from .errors import DataError
+        from .sql_tokens import tokens_to_sql
+        ids = self.ask(question)
+        sql, toks, problem = ids_to_sql(ids, self.model.vocab, self.schema)
+        if problem or self.filler is None:
+            return sql, problem
+        self.filled = self.filler.fill(toks, self.questions, self.filled)
+        try:
+            return tokens_to_sql(self.filled, self.schema), None
+        except (DataError, ValueError, KeyError, IndexError) as e:    # never lose the unfilled query
+            return sql, f"cannot place its values: {e}"
 
     def ask(self, question: str | list[str]) -> list[int]:
         """The next question (text, or words already tokenised) -> its SQL as joint ids."""
         from .data import tokenize_utterance
         from .model import Example
         self.words.append(tokenize_utterance(question) if isinstance(question, str) else list(question))
+        self.questions.append(question if isinstance(question, str) else " ".join(question))
         ex = Example(db_id=self.schema.db_id, unit_texts=self.schema.unit_natural, words=list(self.words),
                      targets=[[] for _ in self.words], table_units=self.tables,
                      unit_tables=self.schema.unit_table, unit_kinds=self.kinds)
@@ -101,28 +123,28 @@ def load_ensemble(args, cfg, vocab) -> list:
 
 def run(args) -> int:
     # torch and nltk load here, not when the CLI builds its parser: every command starts fast
-    from .decoding import ids_to_sql
     from .train import load_run
     schema = load_schema(args)
     model, cfg, vocab = load_run(args.run, device=args.device, raw=args.raw_weights)
     talk = Conversation(model, schema, beam=args.beam, constrained=not args.no_constraints,
-                        ensemble=load_ensemble(args, cfg, vocab), length_penalty=args.length_penalty)
+                        ensemble=load_ensemble(args, cfg, vocab), length_penalty=args.length_penalty,
+                        fill_values=not args.no_fill_values, db_path=args.db)
     stream = open(args.input, encoding="utf-8") if args.input else sys.stdin
     for line in stream:
         question = line.strip()
         if not question:
             talk.reset()   # a blank line ends the conversation
             continue
-        ids = talk.ask(question)
-        sql, _, problem = ids_to_sql(ids, vocab, schema)
+        sql, problem = talk.ask_sql(question)
         print(f"[{len(talk.words)}] {question}")
         print(sql)
         if problem:
             print(f"  (not a well-formed query: {problem})")
         elif args.execute:
             if '"value"' in sql:
-                print("  (the query holds value placeholders; a run trained with --values literal "
-                      "writes the values it has seen)")
+                print("  (the query holds value placeholders the questions did not fill: write the value "
+                      "as the database has it, or in quotes)" if talk.filler else
+                      "  (the query holds value placeholders: --no_fill_values is on)")
             if not args.db:
                 print("  (--execute needs --db PATH.sqlite)")
             else:
@@ -142,6 +164,9 @@ LENGTH_PENALTY_HELP = ("with --beam: rank finished queries by their log-probabil
                        "(default: 0, the plain sum)")
 RAW_WEIGHTS_HELP = ("for runs trained with --ema: the optimiser's own weights instead of their moving "
                     "average (the default, which the run validated with); for --ensemble runs too")
+NO_FILL_HELP = ("keep the \"value\" placeholders a run trained with placeholder values writes, instead "
+                "of filling them from the questions: numbers they write, spans that equal a cell of the "
+                "compared column (with --db), quoted or capitalised spans, the previous query's literals")
 RUN_HELP = "a run folder written by train (its best.pt), or one of its checkpoints: RUN/last.pt"
 ENSEMBLE_HELP = ("more runs trained like --run (same data, same target style), as folders or "
                  "checkpoints (RUN/last.pt: a snapshot ensemble with the run's best.pt): each decoding "
@@ -161,6 +186,7 @@ def add_predict_command(sub):
     p.add_argument("--ensemble", nargs="+", metavar="RUN", help=ENSEMBLE_HELP)
     p.add_argument("--raw_weights", action="store_true", help=RAW_WEIGHTS_HELP)
     p.add_argument("--execute", action="store_true", help="run each query read-only and print rows")
+    p.add_argument("--no_fill_values", action="store_true", help=NO_FILL_HELP)
     p.add_argument("--max_rows", type=int, default=5, help="rows printed with --execute")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=run)
@@ -215,12 +241,19 @@ def _evaluate_run(args) -> dict:
     os.makedirs(out_dir, exist_ok=True)     # --out may name a folder that does not exist yet
     gold_path = os.path.join(out_dir, f"gold_{args.split}.txt")
     pred_path = os.path.join(out_dir, "predictions.txt")
+    from .data import SHIPPED_DATA, database_dir, tables_path
+    data = args.data or cfg.data or SHIPPED_DATA
+    tables, db_dir = tables_path(data, cfg.tables), database_dir(data)
+    fill = _value_filling(args, schemas, db_dir)
     sql_by_inter, rows = [], []
     for inter, ex, p in zip(items, examples, preds):
         schema = schemas[inter.db_id]
-        sqls = []
+        sqls, questions, previous = [], [], None
         for t, (turn, ids) in enumerate(zip(inter.turns, p)):
             sql, toks, problem = ids_to_sql(ids, vocab, schema)
+            questions.append(turn.utterance)
+            if fill is not None and not problem:
+                sql, previous = fill(inter, t, toks, questions, previous, sql)
             sqls.append(sql)
             rows.append({"interaction": inter.index, "turn": t, "db_id": inter.db_id,
                          "utterance": turn.utterance, "gold": turn.query, "predicted": sql,
@@ -230,9 +263,6 @@ def _evaluate_run(args) -> dict:
         sql_by_inter.append(sqls)
     write_gold(gold_path, [[(t.query, inter.db_id) for t in inter.turns] for inter in items])
     write_predictions(pred_path, sql_by_inter)
-    from .data import SHIPPED_DATA, database_dir, tables_path
-    data = args.data or cfg.data or SHIPPED_DATA
-    tables, db_dir = tables_path(data, cfg.tables), database_dir(data)
     turn_matches: list = []      # the evaluator's own verdict per turn, for the rows
     report = evaluate_files(gold_path, pred_path, tables, db_dir, turns=turn_matches)
     _set_row_matches(rows, turn_matches, schemas)
@@ -240,10 +270,13 @@ def _evaluate_run(args) -> dict:
         for r in rows:
             f.write(json.dumps(r) + "\n")
     report["teacher_forced"] = tf
+    if fill is not None:
+        report["values"] = fill.counts
     report["decoding"] = {"run": args.run, "tables": tables, "db_dir": db_dir,
                           "beam": args.beam, "length_penalty": args.length_penalty, "turn_beam": args.turn_beam,
                           "constrained": not args.no_constraints,
                           "use_gold_previous": args.use_gold_previous, "split": args.split,
+                          "fill_values": fill is not None,
                           "ensemble": [args.run, *args.ensemble] if args.ensemble else None,
                           "checkpoint": model.checkpoint,
                           "ensemble_checkpoints": [m.checkpoint for m in ensemble] or None}
@@ -262,12 +295,49 @@ def _evaluate_run(args) -> dict:
     return report
 
 
+def _value_filling(args, schemas: dict, db_dir: str | None):
+    """A function that fills one decoded turn's placeholders (see :mod:`text2sql.values`), reading
+    ``db_dir``'s databases where they exist, and counts the slots; None with --no_fill_values.
+    Values do not change question or interaction match (the metric ignores them); they make the
+    predictions runnable, and so execution accuracy meaningful."""
+    if args.no_fill_values:
+        return None
+    from .data import database_path
+    from .sql_tokens import SQLError, parse_sql, to_tokens, tokens_to_sql
+    from .values import VALUE, ValueFiller
+    fillers: dict[str, ValueFiller] = {}
+
+    def fill(inter, t, toks, questions, previous, sql):
+        schema = schemas[inter.db_id]
+        if inter.db_id not in fillers:
+            path = database_path(db_dir, inter.db_id) if db_dir else None
+            fillers[inter.db_id] = ValueFiller(schema, path if path and os.path.isfile(path) else None)
+        if args.use_gold_previous:      # the history the turn was decoded against
+            try:
+                previous = to_tokens(parse_sql(inter.turns[t - 1].query, schema), schema, "full", "literal") \
+                    if t > 0 else None
+            except SQLError:
+                previous = None
+        filled = fillers[inter.db_id].fill(toks, questions, previous)
+        slots = sum(x == VALUE for x in toks)
+        fill.counts["slots"] += slots
+        fill.counts["filled"] += slots - sum(x == VALUE for x in filled)
+        try:
+            return tokens_to_sql(filled, schema), filled
+        except SQLError:
+            return sql, filled
+    fill.counts = {"slots": 0, "filled": 0}
+    return fill
+
+
 def format_report(r: dict) -> str:
     lines = [f"question match     {r['question_match']:.2f}",
              f"interaction match  {r['interaction_match']:.2f}",
              *([f"strict (join conditions and DISTINCT compared too): question {r['strict']['question_match']:.2f}, "
                 f"interaction {r['strict']['interaction_match']:.2f}"] if r.get("strict") else []),
-             f"execution accuracy {'-' if r.get('exec_acc') is None else format(r['exec_acc'], '.2f')}"]
+             f"execution accuracy {'-' if r.get('exec_acc') is None else format(r['exec_acc'], '.2f')}",
+             *([f"values placed     {r['values']['filled']} of {r['values']['slots']} placeholder slots"]
+               if r.get("values") else [])]
     if "by_hardness" in r:
         lines.append("by hardness: " + ", ".join(
             f"{k} {v.get('exact', 0):.1f} ({v.get('count', 0)})" for k, v in r["by_hardness"].items()))
@@ -420,6 +490,8 @@ def add_evaluate_command(sub):
                         "next turn against each history's last query, and keep the K best extensions "
                         "(needs --beam K or more; default 1: each turn keeps only its best query)")
     p.add_argument("--no_constraints", action="store_true")
+    p.add_argument("--no_fill_values", action="store_true", help=NO_FILL_HELP + " (question and "
+                   "interaction match ignore values; execution accuracy needs them)")
     p.add_argument("--use_gold_previous", action="store_true",
                    help="feed each turn the gold previous query instead of the predicted one")
     p.add_argument("--ensemble", nargs="+", metavar="RUN", help=ENSEMBLE_HELP + " (the teacher-forced "
