@@ -134,12 +134,19 @@ def test_value_filling_on_sparc_dev_without_databases():
     assert r["number_accuracy"] >= 92.0 and r["text_accuracy"] >= 60.0, r
 
 
-def test_evaluate_fills_values_so_execution_accuracy_counts_them(tmp_path):
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A run trained on the first four interactions of the shipped data (which has SQLite files)."""
     from text2sql.config import TrainConfig
     from text2sql.train import Trainer
+    tmp = tmp_path_factory.mktemp("tiny_run")
     cfg = TrainConfig(bert="tiny", tiny_dataset=4, fix_bert=True, epochs=40, decoder_size=64, turn_size=64,
-                      dropout=0.0, lr=2e-3, run_dir=str(tmp_path / "run"), cache_dir=str(tmp_path / "cache"))
-    tr = Trainer(cfg, log=quiet, progress=False).run()
+                      dropout=0.0, lr=2e-3, run_dir=str(tmp / "run"), cache_dir=str(tmp / "cache"))
+    return Trainer(cfg, log=quiet, progress=False).run()
+
+
+def test_evaluate_fills_values_so_execution_accuracy_counts_them(tiny_run, tmp_path):
+    tr = tiny_run
     reports = {}
     for name, extra in (("filled", []), ("placeholders", ["--no_fill_values"])):
         p = subprocess.run([sys.executable, "-m", "text2sql", "evaluate", "--run", tr.run_dir, "--split", "train",
@@ -162,3 +169,34 @@ def test_evaluate_fills_values_so_execution_accuracy_counts_them(tmp_path):
     ok_plain = [execution_match(plain_rows[i]["gold"], plain_rows[i]["predicted"], db_of(rows[i])) for i in valued]
     assert sum(ok) > sum(ok_plain)
     assert filled["exec_acc"] > plain["exec_acc"]
+
+
+def test_predict_fills_and_executes_on_the_database_beside_tables_json(tiny_run, tmp_path):
+    """predict with --tables/--db_id finds database/<db_id>/<db_id>.sqlite beside tables.json; each turn
+    that evaluate decodes exactly right and that holds a value runs, filled, to the gold rows."""
+    tr = tiny_run
+    p = subprocess.run([sys.executable, "-m", "text2sql", "evaluate", "--run", tr.run_dir, "--split", "train",
+                        "--out", str(tmp_path / "eval"), "--json"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=300)
+    assert p.returncode == 0, p.stderr[-800:]
+    rows = [json.loads(line) for line in open(tmp_path / "eval" / "predictions.jsonl")]
+    checked = 0
+    for inter in sorted({r["interaction"] for r in rows}):
+        turns = [r for r in rows if r["interaction"] == inter]
+        questions = tmp_path / f"q{inter}.txt"
+        questions.write_text("".join(r["utterance"] + "\n" for r in turns))
+        q = subprocess.run([sys.executable, "-m", "text2sql", "predict", "--run", tr.run_dir, "--tables",
+                            os.path.join(TINY, "tables.json"), "--db_id", turns[0]["db_id"], "--execute",
+                            "--input", str(questions)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert q.returncode == 0, q.stderr[-800:]
+        lines = q.stdout.splitlines()
+        sqls = [lines[i + 1] for i, line in enumerate(lines) if line.startswith("[")]
+        assert len(sqls) == len(turns)
+        assert "--execute needs" not in q.stdout          # the database was found
+        for r, sql in zip(turns, sqls):
+            assert sql == r["predicted"]                  # the same decoding and the same values as evaluate
+            if r["exact_match"] and VALUE in r["tokens"]:
+                _, db = tiny(r["db_id"])
+                assert execution_match(r["gold"], sql, db) is True, (r["utterance"], sql)
+                checked += 1
+    assert checked > 0

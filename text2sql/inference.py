@@ -29,6 +29,19 @@ def load_schema(args) -> Schema:
     return schemas[args.db_id]
 
 
+def database_file(args) -> str | None:
+    """The SQLite file of ``--db``, or for ``--tables T --db_id ID`` the Spider layout's
+    ``database/ID/ID.sqlite`` beside T where it exists (for --execute and the values' cells)."""
+    if args.db:
+        return args.db
+    if args.tables and args.db_id:
+        from .data import database_dir, database_path
+        root = database_dir(args.tables)
+        path = database_path(root, args.db_id) if root else None
+        return path if path and os.path.isfile(path) else None
+    return None
+
+
 def execute(db: str, sql: str, max_rows: int, timeout: float = 10.0):
     """(column names, first ``max_rows`` rows) of ``sql`` run read-only under a time limit."""
     from .evaluation import time_limit
@@ -63,6 +76,7 @@ class Conversation:
         self.tables = table_units(schema)
         self.kinds = schema.unit_kinds()
         # placeholders get literals from the questions (and the database's cells, given its file)
+        self.db_path = db_path
         self.filler = ValueFiller(schema, db_path) if fill_values else None
         self.reset()
 
@@ -128,7 +142,7 @@ def run(args) -> int:
     model, cfg, vocab = load_run(args.run, device=args.device, raw=args.raw_weights)
     talk = Conversation(model, schema, beam=args.beam, constrained=not args.no_constraints,
                         ensemble=load_ensemble(args, cfg, vocab), length_penalty=args.length_penalty,
-                        fill_values=not args.no_fill_values, db_path=args.db)
+                        fill_values=not args.no_fill_values, db_path=database_file(args))
     stream = open(args.input, encoding="utf-8") if args.input else sys.stdin
     for line in stream:
         question = line.strip()
@@ -145,11 +159,11 @@ def run(args) -> int:
                 print("  (the query holds value placeholders the questions did not fill: write the value "
                       "as the database has it, or in quotes)" if talk.filler else
                       "  (the query holds value placeholders: --no_fill_values is on)")
-            if not args.db:
-                print("  (--execute needs --db PATH.sqlite)")
+            if not talk.db_path:
+                print("  (--execute needs --db PATH.sqlite, or database/<db_id>/<db_id>.sqlite beside --tables)")
             else:
                 try:
-                    cols, rows = execute(args.db, sql, args.max_rows)
+                    cols, rows = execute(talk.db_path, sql, args.max_rows)
                     print("  " + " | ".join(cols))
                     for r in rows:
                         print("  " + " | ".join(str(v) for v in r))
@@ -177,7 +191,8 @@ def add_predict_command(sub):
     p = sub.add_parser("predict", help="translate questions (one per line) into SQL with a trained run")
     p.add_argument("--run", required=True, help=RUN_HELP)
     p.add_argument("--db", help="a SQLite database (its schema is read from the file)")
-    p.add_argument("--tables", help="tables.json, with --db_id, instead of --db")
+    p.add_argument("--tables", help="tables.json, with --db_id, instead of --db (its database/<db_id>/"
+                                    "<db_id>.sqlite, where it exists, is then the database)")
     p.add_argument("--db_id", help="which schema of --tables (or a name for --db)")
     p.add_argument("--input", help="a file of questions (default: standard input)")
     p.add_argument("--beam", type=int, default=1, help="beam size (1: greedy)")
