@@ -65,14 +65,19 @@ def _textbook_decoder_forward(dec, turn_state, targets, mem, go):
         c_prev, _ = dec.att_prev(h, mem.prev, mem.prev_mask)
         prev_out = dec.dropout(torch.tanh(dec.fuse(torch.cat([x, h, c_utt, c_db, c_prev], -1))))
         outs.append(prev_out)
+        if not dec.input_feeding:              # the next step reads the token alone
+            prev_out = torch.zeros_like(prev_out)
     return dec.scores(torch.stack(outs, 1), mem)
 
 
-def test_decoder_step_with_products_hoisted_equals_the_textbook_step():
+@pytest.mark.parametrize("input_feeding", [True, False], ids=["input_feeding", "parallel"])
+def test_decoder_step_with_products_hoisted_equals_the_textbook_step(input_feeding):
+    """Teacher forcing (step by step with hoisted products, or without input feeding in one pass)
+    equals the textbook step, outputs and gradients, and decoding's one-step path equals both."""
     from text2sql.decoder import Decoder, DecoderMemory
     torch.manual_seed(0)
     H, hid, P, K = 12, 10, 8, 7
-    dec = Decoder(H, hid, n_keywords=K, state_size=6, prev_size=P).double()
+    dec = Decoder(H, hid, n_keywords=K, state_size=6, prev_size=P, input_feeding=input_feeding).double()
     B, W, U, Pn, L = 3, 5, 4, 6, 5
     mask = lambda n, lens: torch.arange(n)[None] < torch.tensor(lens)[:, None]
     rand = lambda *shape: torch.randn(*shape, dtype=torch.double, requires_grad=True)
@@ -91,6 +96,11 @@ def test_decoder_step_with_products_hoisted_equals_the_textbook_step():
     assert torch.allclose(got, want, atol=1e-10)
     for name, g, w in zip(names, grads, want_grads):   # the memory's too: they reach the encoder side
         assert torch.allclose(g, w, atol=1e-10), name
+        if input_feeding or name not in ("cell.weight_ih", "fuse.weight"):
+            assert g.abs().sum() > 0, name
+    if not input_feeding:      # the previous output's columns read zeros: no gradient, and no effect
+        assert grads[names.index("cell.weight_ih")][:, H:].abs().sum() == 0
+        assert grads[names.index("cell.weight_ih")][:, :H].abs().sum() > 0
     # decoding's one-step path gives the teacher-forced log-probs step by step
     prepared, state = dec.prepare(mem), dec.init_state(turn_state)
     prev_out = turn_state.new_zeros(B, hid)
@@ -178,7 +188,8 @@ def test_token_accuracy_is_a_mean_of_per_turn_ratios():
     assert s["string_acc"] == 50.0
 
 
-@pytest.mark.parametrize("extra", [{}, dict(bert_layers=2, bert_mix=True)], ids=["mean", "scalar_mix"])
+@pytest.mark.parametrize("extra", [{}, dict(bert_layers=2, bert_mix=True), dict(no_input_feeding=True)],
+                         ids=["mean", "scalar_mix", "no_input_feeding"])
 def test_shapes_and_every_module_gets_gradient(concert_data, tmp_path, extra):
     tr = Trainer(cfg_for(concert_data, tmp_path, **extra), log=quiet, progress=False)
     model = tr.model
@@ -199,7 +210,7 @@ def test_shapes_and_every_module_gets_gradient(concert_data, tmp_path, extra):
     assert all(v > 0 for v in got.values()), got
     # and the encoder really is BERT, learning
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.encoder.bert.parameters())
-    if extra:        # through the mix, whose weights learn too
+    if extra.get("bert_mix"):        # through the mix, whose weights learn too
         assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.layer_mix.parameters())
 
 
@@ -480,8 +491,9 @@ def test_sample_chain_feeds_predictions_made_from_predictions_as_decoding_does(c
         Trainer(cfg_for(concert_data, tmp_path / "b", sample_chain=True), log=quiet, progress=False)
 
 
-def test_teacher_forced_string_accuracy_equals_greedy_exact_match(concert_data, tmp_path):
-    tr = Trainer(cfg_for(concert_data, tmp_path, epochs=12), log=quiet, progress=False)
+@pytest.mark.parametrize("extra", [{}, dict(no_input_feeding=True)], ids=["input_feeding", "no_input_feeding"])
+def test_teacher_forced_string_accuracy_equals_greedy_exact_match(concert_data, tmp_path, extra):
+    tr = Trainer(cfg_for(concert_data, tmp_path, epochs=12, **extra), log=quiet, progress=False)
     tr.run()
     model = tr.model.eval()
     with torch.no_grad():

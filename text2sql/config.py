@@ -78,6 +78,10 @@ class TrainConfig:
     link_bonus: bool = _f(False, "the pointer's score of each DB unit gains a learnt, step-dependent weighting "
                                  "of its name-match features (share of its column's and table's words in "
                                  "this turn and the turn before, whole-name matches)")
+    no_input_feeding: bool = _f(False, "the decoder's LSTM reads only the previous token, not also the previous "
+                                       "fused output (Luong's input feeding, the default): teacher forcing then "
+                                       "runs the LSTM as one fused call and the attention over all steps at once, "
+                                       "which trains faster; decoding is step by step either way")
     unit_types: bool = _f(False, "a learnt embedding of each DB unit's kind (table, star, or its column's type) "
                                  "and key role (primary, foreign) is added to the unit's vector")
     sample_previous: float = _f(0.0, "scheduled sampling of the previous query: in training, this share of follow-up "

@@ -226,9 +226,14 @@ class UtteranceRNN(PreviousQueryEncoder):
 
 class Decoder(nn.Module):
     def __init__(self, dim: int, hidden: int, n_keywords: int, state_size: int, prev_size: int,
-                 dropout: float = 0.0, query_tables: bool = False, link_features: int = 0):
+                 dropout: float = 0.0, query_tables: bool = False, link_features: int = 0,
+                 input_feeding: bool = True):
         super().__init__()
         self.hidden = hidden
+        # without input feeding the LSTM reads only the previous token: the weights stay the same
+        # shape (the previous output's columns multiply zeros), and teacher forcing no longer has
+        # to run step by step (``_forward_parallel``)
+        self.input_feeding = input_feeding
         self.n_keywords = n_keywords
         self.keyword_emb = nn.Embedding(n_keywords, dim)
         self.init_h = nn.Linear(state_size, hidden)
@@ -356,6 +361,8 @@ class Decoder(nn.Module):
         w_rec, w_fuse_rec = mem.weights
         logs = mem.grad_log or (None,) * 5           # None: prepared without gradients
         h, c = state
+        if not self.input_feeding:
+            prev_out = torch.zeros_like(prev_out)
         gates = gates_in + _product(torch.cat([prev_out, h], -1), w_rec, logs[3])       # [B, 4 hidden]
         i, f, g, o = gates.chunk(4, -1)                             # nn.LSTMCell's gate order
         c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
@@ -414,6 +421,8 @@ class Decoder(nn.Module):
         Only the LSTM, the attention and the fusion are recurrent; the output layer runs once over
         all L steps (one large matrix product instead of L small ones, forward and backward)."""
         B, L = targets.shape
+        if not self.input_feeding:
+            return self._forward_parallel(turn_state, targets, mem, go, targets_mask)
         mem = self.prepare(mem)
         state = self.init_state(turn_state)
         prev_out = turn_state.new_zeros(B, self.hidden)
@@ -429,3 +438,31 @@ class Decoder(nn.Module):
         if self.query_table is not None:
             flags = self.query_table_flags(targets, targets_mask, mem.unit_tables)
         return self.scores(torch.stack(outs, 1), mem, flags)                  # [B, L, K + U]
+
+    def _forward_parallel(self, turn_state, targets, mem: DecoderMemory, go: int, targets_mask=None):
+        """Teacher forcing without input feeding: the same numbers as stepping ``recur`` with a zero
+        previous output (tests/test_model.py), computed as one fused LSTM call over the L steps and
+        each attention and the fusion as one product over all of them, with no loop in Python."""
+        B, L = targets.shape
+        H = self.keyword_emb.embedding_dim
+        h0, c0 = self.init_state(turn_state)                                    # [B, hidden] each
+        inputs = torch.cat([targets.new_full((B, 1), go), targets[:, :-1]], 1)  # [B, L] shifted
+        emb = self.embed(inputs, mem.units)                                     # [B, L, H]
+        cell = self.cell
+        # LSTMCell's weights as a one-layer nn.LSTM's: only the token's columns of weight_ih
+        hs = torch.lstm(emb, (h0.unsqueeze(0), c0.unsqueeze(0)),
+                        [cell.weight_ih[:, :H], cell.weight_hh, cell.bias_ih, cell.bias_hh],
+                        True, 1, 0.0, self.training, False, True)[0]         # [B, L, hidden]
+        w_emb, _, w_h, w_utt, w_db, w_prev = self._fuse_blocks()
+        fused = emb @ w_emb.T + self.fuse.bias + hs @ w_h.T                     # [B, L, hidden]
+        for memory, mask, att, w in ((mem.utt, mem.utt_mask, self.att_utt, w_utt),
+                                     (mem.units, mem.unit_mask, self.att_db, w_db),
+                                     (mem.prev, mem.prev_mask, self.att_prev, w_prev)):
+            keys = memory @ att.proj.weight                                     # [B, K, hidden]
+            weights = masked_softmax(hs @ keys.transpose(1, 2), mask.unsqueeze(1))   # [B, L, K]
+            fused = fused + weights @ (memory @ w.T)                            # [B, L, hidden]
+        out = self.dropout(torch.tanh(fused))
+        flags = None
+        if self.query_table is not None:
+            flags = self.query_table_flags(targets, targets_mask, mem.unit_tables)
+        return self.scores(out, mem, flags)                                     # [B, L, K + U]

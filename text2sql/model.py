@@ -201,7 +201,7 @@ class Text2SQL(nn.Module):
                  turn_size: int = 300, max_turn: int = 5, dropout: float = 0.1,
                  unit_mask: bool = False, utterance_rnn: bool = False, previous_utterances: int = 0,
                  joint_layers: int = 0, previous_tables: bool = False, unit_types: bool = False,
-                 query_tables: bool = False, link_bonus: bool = False):
+                 query_tables: bool = False, link_bonus: bool = False, input_feeding: bool = True):
         super().__init__()
         H = encoder.hidden_size
         self.vocab = vocab
@@ -219,7 +219,8 @@ class Text2SQL(nn.Module):
         self.decoder = Decoder(H, decoder_size, len(vocab), state_size=2 * turn_size,
                                prev_size=self.prev_encoder.out_size, dropout=dropout,
                                query_tables=query_tables,
-                               link_features=N_POINTER_LINKS if link_bonus else 0)
+                               link_features=N_POINTER_LINKS if link_bonus else 0,
+                               input_feeding=input_feeding)
         self.drop = nn.Dropout(dropout)
         # utterance-level mask: which DB units this turn can be about (trained on the gold's units)
         self.relevance = nn.Linear(H, 1) if unit_mask else None

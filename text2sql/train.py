@@ -163,7 +163,7 @@ def build_model(cfg: TrainConfig, vocab: Vocab) -> Text2SQL:
                      utterance_rnn=cfg.utterance_rnn, previous_utterances=cfg.previous_utterances,
                      joint_layers=cfg.joint_layers, previous_tables=cfg.previous_tables,
                      unit_types=cfg.unit_types, query_tables=cfg.query_tables,
-                     link_bonus=cfg.link_bonus)
+                     link_bonus=cfg.link_bonus, input_feeding=not cfg.no_input_feeding)
     model.sample_previous = cfg.sample_previous
     model.from_less = cfg.remove_from        # the target style constrained decoding keeps to
     model.sample_chain = cfg.sample_chain
