@@ -232,7 +232,7 @@ class Decoder(nn.Module):
         self.hidden = hidden
         # without input feeding the LSTM reads only the previous token: the weights stay the same
         # shape (the previous output's columns multiply zeros), and teacher forcing no longer has
-        # to run step by step (``_forward_parallel``)
+        # to run step by step (``_outputs_parallel``)
         self.input_feeding = input_feeding
         self.n_keywords = n_keywords
         self.keyword_emb = nn.Embedding(n_keywords, dim)
@@ -421,33 +421,35 @@ class Decoder(nn.Module):
         Only the LSTM, the attention and the fusion are recurrent; the output layer runs once over
         all L steps (one large matrix product instead of L small ones, forward and backward)."""
         B, L = targets.shape
-        if not self.input_feeding:
-            return self._forward_parallel(turn_state, targets, mem, go, targets_mask)
+        inputs = torch.cat([targets.new_full((B, 1), go), targets[:, :-1]], 1)   # [B, L] shifted
+        emb = self.embed(inputs, mem.units)                                       # [B, L, H]
+        step_outputs = self._outputs_stepped if self.input_feeding else self._outputs_parallel
+        flags = None
+        if self.query_table is not None:
+            flags = self.query_table_flags(targets, targets_mask, mem.unit_tables)
+        return self.scores(step_outputs(turn_state, emb, mem), mem, flags)       # [B, L, K + U]
+
+    def _outputs_stepped(self, turn_state, emb, mem: DecoderMemory) -> torch.Tensor:
+        """The fused outputs [B, L, hidden] of input tokens emb [B, L, H], step by step: each step
+        reads the one before's output."""
         mem = self.prepare(mem)
         state = self.init_state(turn_state)
-        prev_out = turn_state.new_zeros(B, self.hidden)
-        inputs = torch.cat([targets.new_full((B, 1), go), targets[:, :-1]], 1)   # [B, L] shifted
-        gates_in, fuse_in = self.input_terms(self.embed(inputs, mem.units))   # [B, L, 4 hidden], [B, L, hidden]
+        prev_out = turn_state.new_zeros(emb.shape[0], self.hidden)
+        gates_in, fuse_in = self.input_terms(emb)                 # [B, L, 4 hidden], [B, L, hidden]
         # unbind, not [:, i]: one backward node gathers the L step gradients, where L slices would
         # each write a zero [B, L, .] tensor with one step's gradient in it
         outs = []
         for terms in zip(gates_in.unbind(1), fuse_in.unbind(1)):
             state, prev_out = self.recur(state, terms, prev_out, mem)
             outs.append(prev_out)
-        flags = None
-        if self.query_table is not None:
-            flags = self.query_table_flags(targets, targets_mask, mem.unit_tables)
-        return self.scores(torch.stack(outs, 1), mem, flags)                  # [B, L, K + U]
+        return torch.stack(outs, 1)
 
-    def _forward_parallel(self, turn_state, targets, mem: DecoderMemory, go: int, targets_mask=None):
-        """Teacher forcing without input feeding: the same numbers as stepping ``recur`` with a zero
-        previous output (tests/test_model.py), computed as one fused LSTM call over the L steps and
-        each attention and the fusion as one product over all of them, with no loop in Python."""
-        B, L = targets.shape
+    def _outputs_parallel(self, turn_state, emb, mem: DecoderMemory) -> torch.Tensor:
+        """The same without input feeding: the numbers of stepping ``recur`` with a zero previous
+        output (tests/test_model.py), computed as one fused LSTM call over the L steps and each
+        attention and the fusion as one product over all of them, with no loop in Python."""
         H = self.keyword_emb.embedding_dim
         h0, c0 = self.init_state(turn_state)                                    # [B, hidden] each
-        inputs = torch.cat([targets.new_full((B, 1), go), targets[:, :-1]], 1)  # [B, L] shifted
-        emb = self.embed(inputs, mem.units)                                     # [B, L, H]
         cell = self.cell
         # LSTMCell's weights as a one-layer nn.LSTM's: only the token's columns of weight_ih
         hs = torch.lstm(emb, (h0.unsqueeze(0), c0.unsqueeze(0)),
@@ -461,8 +463,4 @@ class Decoder(nn.Module):
             keys = memory @ att.proj.weight                                     # [B, K, hidden]
             weights = masked_softmax(hs @ keys.transpose(1, 2), mask.unsqueeze(1))   # [B, L, K]
             fused = fused + weights @ (memory @ w.T)                            # [B, L, hidden]
-        out = self.dropout(torch.tanh(fused))
-        flags = None
-        if self.query_table is not None:
-            flags = self.query_table_flags(targets, targets_mask, mem.unit_tables)
-        return self.scores(out, mem, flags)                                     # [B, L, K + U]
+        return self.dropout(torch.tanh(fused))

@@ -318,7 +318,7 @@ def _value_filling(args, schemas: dict, db_dir: str | None):
     if args.no_fill_values:
         return None
     from .data import database_path
-    from .sql_tokens import SQLError, parse_sql, to_tokens, tokens_to_sql
+    from .sql_tokens import SQLError, tokenize_sql, tokens_to_sql
     from .values import VALUE, ValueFiller
     fillers: dict[str, ValueFiller] = {}
 
@@ -329,8 +329,7 @@ def _value_filling(args, schemas: dict, db_dir: str | None):
             fillers[inter.db_id] = ValueFiller(schema, path if path and os.path.isfile(path) else None)
         if args.use_gold_previous:      # the history the turn was decoded against
             try:
-                previous = to_tokens(parse_sql(inter.turns[t - 1].query, schema), schema, "full", "literal") \
-                    if t > 0 else None
+                previous = tokenize_sql(inter.turns[t - 1].query, schema, "full", "literal") if t > 0 else None
             except SQLError:
                 previous = None
         filled = fillers[inter.db_id].fill(toks, questions, previous)

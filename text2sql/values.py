@@ -27,7 +27,7 @@ import sqlite3
 from dataclasses import dataclass
 
 from .schema import Schema, connect_readonly
-from .sql_tokens import AGGREGATES, VALUE, sql_ident
+from .sql_tokens import _NUM, AGGREGATES, VALUE, sql_ident
 
 _NUMBER = re.compile(r"(?<![\w.])-?\d{1,3}(?:,\d{3})+(?:\.\d+)?(?![\w])|(?<![\w.])-?\d+(?:\.\d+)?(?![\w])")
 _NUMBER_WORDS = {w: str(i) for i, w in enumerate(
@@ -100,7 +100,8 @@ def find_slots(tokens: list[str], schema: Schema) -> list[Slot]:
             aggregate = tokens[m - 1] if m >= 1 and tokens[m - 1] in AGGREGATES else None
         elif k >= 0 and schema.unit_index(tokens[k]) is not None:
             unit = tokens[k]
-        column_type = _column(schema, unit).type if _column(schema, unit) is not None else None
+        column = _column(schema, unit)
+        column_type = column.type if column is not None else None
         numeric = (aggregate in _NUMERIC_AGGREGATES or column_type == "number"
                    or (op in _NUMERIC_OPS and column_type not in ("time", "text"))) and op != "like"
         out.append(Slot(i, unit, op, aggregate, numeric))
@@ -130,7 +131,7 @@ def numbers_in(question: str) -> list[str]:
 def quoted_in(question: str) -> list[str]:
     """Quoted spans, without the sentence's punctuation a writer put inside ("Kyle." -> Kyle)."""
     spans = (next(g for g in m.groups() if g).strip() for m in _QUOTED.finditer(question))
-    return [t.rstrip(".?!,;:") if len(t.rstrip(".?!,;:")) > 0 else t for t in spans if t]
+    return [t.rstrip(".?!,;:") or t for t in spans if t]
 
 
 def capitalised_in(question: str) -> list[str]:
@@ -183,14 +184,12 @@ class ValueFiller:
     def __init__(self, schema: Schema, db_path: str | None = None):
         self.schema, self.db_path = schema, db_path
         self._cells: dict[str, dict[str, str]] = {}
-        self._schema_words: set[str] | None = None
+        names = [t.natural for t in schema.tables] + [c.natural for c in schema.columns]
+        self._schema_words = {_singular(w) for n in names for w in _norm(n).split()}
 
     def _names_schema(self, text: str) -> bool:
         """Whether every word of ``text`` is a word of the schema's names ("TV Channel", "GNP"):
         a capitalised column name, not a value."""
-        if self._schema_words is None:
-            names = [t.natural for t in self.schema.tables] + [c.natural for c in self.schema.columns]
-            self._schema_words = {_singular(w) for n in names for w in _norm(n).split()}
         return all(_singular(w) in self._schema_words for w in _norm(text).split())
 
     def cells(self, unit: str | None) -> dict[str, str]:
@@ -222,17 +221,18 @@ class ValueFiller:
         a number for a text column, a word found inside a cell for ``LIKE``."""
         if slot.numeric:
             return numbers_in(question)
+        cells = self.cells(slot.unit)
         if slot.op == "like":
             spelled = [pattern.format(m.group(1)) for cue, pattern in _LIKE_CUES for m in cue.finditer(question)]
             texts = spelled or [f"%{t}%" for t in quoted_in(question)]
-            if not texts and weak and self.cells(slot.unit):
-                texts = [f"%{t}%" for t in self._cell_spans(self.cells(slot.unit), question, inside=True)]
+            if not texts and weak and cells:
+                texts = [f"%{t}%" for t in self._cell_spans(cells, question, inside=True)]
             return [literal(t) for t in texts]
         col = _column(self.schema, slot.unit)
         dates = [literal(m.group()) for m in _DATE.finditer(question)]
         if (col is not None and col.type == "time") or slot.op in _NUMERIC_OPS:
             return dates + numbers_in(question)
-        found = self._cell_spans(self.cells(slot.unit), question, inside=False) if self.cells(slot.unit) else []
+        found = self._cell_spans(cells, question, inside=False) if cells else []
         texts = found or quoted_in(question) or [t for t in capitalised_in(question) if not self._names_schema(t)]
         # a text column that holds numbers (Spider's types are not always right)
         return dates + [literal(t) for t in texts] + ([literal(n) for n in numbers_in(question)] if weak else [])
@@ -301,7 +301,8 @@ class ValueFiller:
         for s in sorted(fresh, key=lambda s: s.index):
             take(s, offered[s.index])
         for s, lit in replaceable:
-            if not take(s, [c for c in offered[s.index] if c in self.candidates(s, questions[-1], weak=False)]):
+            strong = self.candidates(s, questions[-1], weak=False)
+            if not take(s, [c for c in offered[s.index] if c in strong]):
                 out[s.index] = lit
                 used.add(lit)
         for s in slots:
@@ -324,7 +325,8 @@ class ValueFiller:
 
 
 def _is_literal(tok: str) -> bool:
-    return bool(re.fullmatch(r"-?\d+(\.\d+)?", tok)) or (len(tok) >= 2 and tok[0] == tok[-1] and tok[0] in "'\"")
+    """A literal target token, as ``sql_tokens.tokens_to_query`` reads one: a number or a quoted string."""
+    return bool(_NUM.match(tok)) or (len(tok) >= 2 and tok[0] == tok[-1] and tok[0] in "'\"")
 
 
 def _is_limit(tokens: list[str], i: int) -> bool:
