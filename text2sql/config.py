@@ -127,6 +127,17 @@ class TrainConfig:
     label_smoothing: float = _f(0.0, "in training, this share of each token's loss is spread evenly over every "
                                       "output the step can choose (keywords and the schema's units; never padding); "
                                       "validation losses stay plain NLL")
+    distill: list[str] | None = _f(None, "knowledge distillation: also train towards the mean distribution of "
+                                         "these trained runs (RUN_DIR for its best.pt, or RUN_DIR/x.pt; the "
+                                         "averaged weights where it kept --ema) over each training turn's gold "
+                                         "prefix, as an ensemble of them would score it (word-level "
+                                         "distillation, Kim and Rush 2016). Each turn's teacher distribution "
+                                         "is computed once, in the first epoch, and kept in memory. The "
+                                         "teachers must share this run's vocabulary and target style",
+                                   nargs="+")
+    distill_weight: float = _f(0.5, "with --distill, the share of each token's loss that is the cross-entropy "
+                                    "against the teachers' distribution; the rest is the gold token's "
+                                    "(label-smoothed) loss")
     ema: float = _f(0.0, "keep an exponential moving average of the trained weights with this decay (e.g. "
                          "0.999; 0: off) and validate, pick best.pt and decode with it; the decay is "
                          "min(EMA, (1 + n) / (10 + n)) after n updates, so early averages forget fast. "
@@ -195,6 +206,10 @@ class TrainConfig:
             raise ConfigError(f"--decode_valid {self.decode_valid}: the beam width must be >= 1 (0: off)")
         if not 0.0 <= self.ema < 1.0:
             raise ConfigError(f"--ema must be in [0, 1), not {self.ema}")
+        if not 0.0 < self.distill_weight <= 1.0:
+            raise ConfigError(f"--distill_weight must be in (0, 1], not {self.distill_weight}")
+        if self.distill_weight != 0.5 and not self.distill:
+            raise ConfigError(f"--distill_weight {self.distill_weight} needs --distill RUN [RUN ...] (the teachers)")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ConfigError(f"--label_smoothing must be in [0, 1), not {self.label_smoothing}")
 

@@ -20,7 +20,8 @@ NEG_LOGP = NEG / 10
 
 
 def sequence_loss(logp, targets, mask, n_keywords: int, weighting: str, n_interactions: int,
-                  denominator: torch.Tensor | float | None = None, smoothing: float = 0.0):
+                  denominator: torch.Tensor | float | None = None, smoothing: float = 0.0,
+                  teacher: torch.Tensor | None = None, distill: float = 0.0):
     """-> (loss, keyword part, DB part), each already divided by the weighting's denominator.
 
     ``sum``: summed token losses per interaction (EditSQL's unit of training); ``per_step``: the
@@ -28,7 +29,11 @@ def sequence_loss(logp, targets, mask, n_keywords: int, weighting: str, n_intera
     ``denominator`` overrides it: a distributed run divides each rank's sums by the global count,
     so the summed gradients equal one process's over the whole batch. ``smoothing`` (label
     smoothing) mixes each token's NLL with its cross-entropy against the uniform distribution over
-    the outputs not masked at that step.
+    the outputs not masked at that step. ``teacher`` [Nt, L, V] (log-probabilities, NEG-like where
+    an output is impossible) with ``distill`` = a: each token's loss becomes (1 - a) times that loss
+    plus a times its cross-entropy against the teacher's distribution, whose gradient with
+    respect to the logits is a (p - q): zero where the student already says what the teacher says.
+    It counts towards the keyword or DB part by the gold token's kind, as the NLL does.
     """
     nll = -logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)          # [Nt, L]
     if smoothing > 0:
@@ -37,6 +42,15 @@ def sequence_loss(logp, targets, mask, n_keywords: int, weighting: str, n_intera
         ok = logp > NEG_LOGP                                              # [Nt, L, V]
         uniform = -(logp.masked_fill(~ok, 0.0)).sum(-1) / ok.sum(-1).clamp(min=1)   # [Nt, L]
         nll = (1.0 - smoothing) * nll + smoothing * uniform
+    if teacher is not None and distill > 0:
+        if teacher.shape != logp.shape:
+            raise ValueError(f"teacher distribution {tuple(teacher.shape)} against the model's {tuple(logp.shape)}")
+        ok = logp > NEG_LOGP
+        # exp of a masked output's NEG-sized log-probability is exactly 0; the mask also keeps the
+        # student's -1e8-sized log-probabilities out of the product where a teacher disagrees
+        q = teacher.float().exp().masked_fill(~ok, 0.0)                  # [Nt, L, V]
+        cross = -(q * logp.masked_fill(~ok, 0.0)).sum(-1)                # [Nt, L]
+        nll = (1.0 - distill) * nll + distill * cross
     nll = nll.masked_fill(~mask, 0.0)
     is_kw = targets < n_keywords
     kw = nll.masked_fill(~is_kw, 0.0).sum()

@@ -28,7 +28,7 @@ import torch
 
 from .config import RESUME_MAY_CHANGE, TrainConfig
 from .data import SHIPPED_DATA, Interaction, db_split, read_split, split_path, tables_path
-from .decoder import mean_distribution
+from .decoder import NEG, mean_distribution
 from .errors import ConfigError, DataError
 from .metrics import Meter, sequence_loss
 from .model import MODULES, Example, Text2SQL, module_of
@@ -524,6 +524,82 @@ def evaluate(model: Text2SQL, examples: list[Example], cfg: TrainConfig, batch_s
 
 
 # ------------------------------------------------------------------------------------------
+# distillation
+# ------------------------------------------------------------------------------------------
+# the flags that decide what a training target is: a teacher trained on other targets scores
+# sequences the student never writes
+TARGET_KEYS = ("remove_from", "keep_from", "values")
+
+
+class Teachers:
+    """--distill: trained runs whose mean distribution (as their ensemble decodes with it) over
+    each training turn's gold prefix the student also learns from.
+
+    A teacher is deterministic here (eval mode, gold previous queries), so each turn's distribution
+    is computed once, the first time a batch holds its interaction, and kept on the host as
+    [L_t, K + units of its schema]; later epochs only look it up. Teachers with the student's frozen
+    encoder share its in-memory encoder cache, so their vectors are not held twice."""
+
+    def __init__(self, paths: list[str], cfg: TrainConfig, student: Text2SQL, log=print):
+        from .encoder_cache import encoder_fingerprint
+        self.models, self.store = [], {}
+        self.calls = 0                      # teacher forward passes (tests: once per interaction)
+        for path in paths:
+            if not os.path.exists(path):
+                raise DataError(f"--distill {path}: no such run folder or checkpoint")
+            # building a model reseeds torch's generator: keep the student's stream as it was
+            with torch.random.fork_rng(devices=[]):
+                model, tcfg, vocab = load_run(path, device=cfg.device)
+            differ = [f"--{k} {getattr(tcfg, k)} (here {getattr(cfg, k)})" for k in TARGET_KEYS
+                      if getattr(tcfg, k) != getattr(cfg, k)]
+            if differ:
+                raise ConfigError(f"--distill {path}: trained on other targets: " + ", ".join(differ))
+            if vocab.tokens != student.vocab.tokens:
+                raise ConfigError(f"--distill {path}: its vocabulary ({len(vocab)} keywords) is not this run's "
+                                  f"({len(student.vocab)}); a teacher must be trained on the same targets")
+            if model.encoder.fixed and student.encoder.fixed and tcfg.bert_layers == cfg.bert_layers \
+                    and encoder_fingerprint(model.encoder) == encoder_fingerprint(student.encoder):
+                # the same frozen vectors: one memory cache, and this run's disk cache
+                model._cache, model.disk_cache = student._cache, student.disk_cache
+            for p in model.parameters():
+                p.requires_grad_(False)
+            self.models.append(model)
+            log(f"distilling from {path} ({model.checkpoint['file']}, epoch {model.checkpoint['epoch']}, "
+                f"{model.checkpoint['weights'] or 'its'} weights)")
+
+    @torch.no_grad()
+    def _compute(self, examples: list[Example], cfg: TrainConfig):
+        self.calls += 1
+        with autocast(cfg):
+            outs = [m(examples) for m in self.models]
+        logp = mean_distribution([o.logp.float() for o in outs]).cpu()          # [Nt, L, K + U]
+        K, row = len(self.models[0].vocab), 0
+        for ex in examples:
+            width = K + len(ex.unit_texts)
+            for t, target in enumerate(ex.targets):
+                self.store[(id(ex), t)] = logp[row, :len(target), :width].clone()
+                row += 1
+
+    def logp(self, examples: list[Example], like: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
+        """The teachers' log-probabilities for the turns of ``examples`` in the student's layout:
+        ``like`` is its logp [Nt, L, V]; what a turn's schema lacks, or padding, is NEG."""
+        todo = [ex for ex in examples if (id(ex), 0) not in self.store]
+        if todo:
+            self._compute(todo, cfg)
+        out = torch.full(like.shape, NEG, dtype=torch.float32)
+        row = 0
+        for ex in examples:
+            for t in range(len(ex)):
+                q = self.store[(id(ex), t)]
+                out[row, :q.shape[0], :q.shape[1]] = q
+                row += 1
+        return out.to(like.device, non_blocking=True)
+
+    def held_bytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.store.values())
+
+
+# ------------------------------------------------------------------------------------------
 # the run
 # ------------------------------------------------------------------------------------------
 def new_run_dir(cfg: TrainConfig) -> str:
@@ -660,6 +736,7 @@ class Trainer:
                 cfg.save(resume_dir)
         # (after --init_from, or a resume of a run that saved them, the frozen weights may be another
         # run's, and are then kept in every checkpoint)
+        self.teachers = Teachers(cfg.distill, cfg, self.model, log) if cfg.distill else None
         self.frozen = None
         if frozen and (not (init or resume_dir) or weights_digest(self.model.state_dict(), frozen) == package):
             self.frozen = {"sha256": package, "keys": frozen, "bert": cfg.bert}
@@ -743,8 +820,10 @@ class Trainer:
         if local:
             with autocast(cfg):
                 out = self.model.forward_unbatched(local) if cfg.unbatched else self.model(local)
+            teacher = self.teachers.logp(local, out.logp, cfg) if self.teachers is not None else None
             loss, kw, db = sequence_loss(out.logp.float(), out.targets, out.mask, K, cfg.loss_weighting,
-                                         len(batch), denominator=denom, smoothing=cfg.label_smoothing)
+                                         len(batch), denominator=denom, smoothing=cfg.label_smoothing,
+                                         teacher=teacher, distill=cfg.distill_weight if teacher is not None else 0.0)
             total = loss if out.relevance_loss is None else loss + out.relevance_loss / self.dist.world
             total.backward()
         else:   # a global batch smaller than the world leaves this rank idle: it adds zeros
