@@ -9,7 +9,7 @@ from tests.test_model import cfg_for, quiet
 from text2sql.config import TrainConfig
 from text2sql.decoder import NEG, mean_distribution
 from text2sql.errors import ConfigError
-from text2sql.metrics import sequence_loss
+from text2sql.metrics import Meter, sequence_loss
 from text2sql.train import Trainer, load_run
 
 
@@ -92,6 +92,18 @@ def test_distill_trains_towards_teachers_computed_once_per_turn(concert_data, tm
             assert torch.allclose(got, want[row, :got.shape[0], :got.shape[1]], atol=1e-5)
             row += 1
 
+    # a temperature softens what is kept: q^(1/T), renormalised
+    warm = Trainer(cfg_for(concert_data, tmp_path / "t2", distill=teachers, distill_temperature=2.0, **flags),
+                   log=quiet, progress=False)
+    warm.train_step(ex[:2], Meter(len(warm.vocab)))
+    soft, row = torch.log_softmax(want / 2, -1), 0
+    for e in ex[:2]:
+        for k in range(len(e)):
+            got = warm.teachers.store[(id(e), k)]
+            assert torch.allclose(got.exp(), soft[row, :got.shape[0], :got.shape[1]].exp(), atol=1e-6)
+            assert (got.exp().max(-1).values < t.store[(id(e), k)].exp().max(-1).values + 1e-6).all()
+            row += 1
+
     # students move towards their teachers: one on the teachers alone far further than one on the gold
     def gap(trainer):
         m = trainer.model.eval()
@@ -120,6 +132,11 @@ def test_distill_trains_towards_teachers_computed_once_per_turn(concert_data, tm
                 log=quiet, progress=False)
     with pytest.raises(ConfigError, match="vocabulary"):
         Trainer(cfg_for(None, tmp_path / "f2", distill=[a.run_dir], **flags), log=quiet, progress=False)
+    with pytest.raises(ConfigError, match="--distill_temperature must be > 0, not 0.0"):
+        Trainer(cfg_for(concert_data, tmp_path / "g0", distill=[a.run_dir], distill_temperature=0.0, **flags),
+                log=quiet, progress=False)
+    with pytest.raises(ConfigError, match="--distill_temperature 2.0 needs --distill"):
+        Trainer(cfg_for(concert_data, tmp_path / "g1", distill_temperature=2.0, **flags), log=quiet, progress=False)
     with pytest.raises(ConfigError, match="--distill_weight 0.3 needs --distill"):
         Trainer(cfg_for(concert_data, tmp_path / "g", distill_weight=0.3, **flags), log=quiet, progress=False)
     with pytest.raises(Exception, match="no such run folder"):

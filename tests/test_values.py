@@ -200,3 +200,43 @@ def test_predict_fills_and_executes_on_the_database_beside_tables_json(tiny_run,
                 assert execution_match(r["gold"], sql, db) is True, (r["utterance"], sql)
                 checked += 1
     assert checked > 0
+
+
+def test_a_filling_that_fails_keeps_the_unfilled_query_in_predict_and_evaluate(tiny_run, monkeypatch):
+    """Both paths catch the same failures: the decoded query with its placeholders is kept (predict
+    says why), never lost, and evaluate counts the turn as failed, its slots unfilled."""
+    from types import SimpleNamespace
+
+    from text2sql.data import read_split
+    from text2sql.inference import Conversation, _value_filling
+    from text2sql.train import load_run
+    from text2sql.sql_tokens import tokenize_sql
+    model, _, _ = load_run(tiny_run.run_dir)
+    schemas = load_tables(os.path.join(TINY, "tables.json"))
+    inters = read_split(os.path.join(TINY, "train.json")).interactions[:4]     # what the run trained on
+    def holes_of(inter):
+        return [tokenize_sql(t.query, schemas[inter.db_id], "full", "placeholder") for t in inter.turns]
+    first = next(i for i in inters if any(VALUE in toks for toks in holes_of(i)))
+    schema = schemas[first.db_id]
+    talk = Conversation(model, schema)
+    plain = Conversation(model, schema, fill_values=False)
+    questions = [t.utterance for t in first.turns]
+    unfilled = [plain.ask_sql(q)[0] for q in questions]
+
+    def broken(self, toks, qs, previous):
+        if VALUE in toks:
+            raise KeyError("a slot the filler did not foresee")
+        return toks
+    monkeypatch.setattr(ValueFiller, "fill", broken)
+    got = [talk.ask_sql(q) for q in questions]
+    assert [sql for sql, _ in got] == unfilled
+    why = [w for _, w in got if w]
+    assert why and all("cannot place its values: 'a slot the filler did not foresee'" in w for w in why)
+
+    fill = _value_filling(SimpleNamespace(no_fill_values=False, use_gold_previous=False), schemas, None)
+    for t, toks in enumerate(holes_of(first)):
+        sql, kept = fill(first, t, toks, questions[:t + 1], None, "SELECT unfilled")
+        if VALUE in toks:
+            assert (sql, kept) == ("SELECT unfilled", toks)
+    n = sum(VALUE in toks for toks in holes_of(first))
+    assert fill.counts["failed"] == n and fill.counts["filled"] == 0

@@ -138,6 +138,10 @@ class TrainConfig:
     distill_weight: float = _f(0.5, "with --distill, the share of each token's loss that is the cross-entropy "
                                     "against the teachers' distribution; the rest is the gold token's "
                                     "(label-smoothed) loss")
+    distill_temperature: float = _f(1.0, "with --distill, soften the teachers' distribution: q^(1/T), renormalised "
+                                         "(Hinton et al.'s temperature, on the teachers' side only). On the "
+                                         "training set, which teachers have fitted, their distribution is "
+                                         "nearly one-hot at T = 1")
     ema: float = _f(0.0, "keep an exponential moving average of the trained weights with this decay (e.g. "
                          "0.999; 0: off) and validate, pick best.pt and decode with it; the decay is "
                          "min(EMA, (1 + n) / (10 + n)) after n updates, so early averages forget fast. "
@@ -208,8 +212,12 @@ class TrainConfig:
             raise ConfigError(f"--ema must be in [0, 1), not {self.ema}")
         if not 0.0 < self.distill_weight <= 1.0:
             raise ConfigError(f"--distill_weight must be in (0, 1], not {self.distill_weight}")
-        if self.distill_weight != 0.5 and not self.distill:
-            raise ConfigError(f"--distill_weight {self.distill_weight} needs --distill RUN [RUN ...] (the teachers)")
+        if self.distill_temperature <= 0:
+            raise ConfigError(f"--distill_temperature must be > 0, not {self.distill_temperature}")
+        if (self.distill_weight != 0.5 or self.distill_temperature != 1.0) and not self.distill:
+            flag = "--distill_weight" if self.distill_weight != 0.5 else "--distill_temperature"
+            value = self.distill_weight if self.distill_weight != 0.5 else self.distill_temperature
+            raise ConfigError(f"{flag} {value} needs --distill RUN [RUN ...] (the teachers)")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ConfigError(f"--label_smoothing must be in [0, 1), not {self.label_smoothing}")
 

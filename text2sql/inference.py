@@ -15,6 +15,10 @@ import sqlite3
 import sys
 
 from .errors import ConfigError, DataError
+
+# what filling a decoded query's values may raise on a query the filler did not foresee: the
+# unfilled query is kept (predict says why), never lost
+FILL_ERRORS = (DataError, ValueError, KeyError, IndexError)
 from .schema import Schema, connect_readonly, load_tables
 
 
@@ -91,16 +95,16 @@ class Conversation:
         """The next question -> (its SQL with values filled in where the conversation gives them,
         the reason it is not a well-formed query or None)."""
         from .decoding import ids_to_sql
-        from .errors import DataError
         from .sql_tokens import tokens_to_sql
         ids = self.ask(question)
         sql, toks, problem = ids_to_sql(ids, self.model.vocab, self.schema)
         if problem or self.filler is None:
             return sql, problem
-        self.filled = self.filler.fill(toks, self.questions, self.filled)
         try:
+            self.filled = self.filler.fill(toks, self.questions, self.filled)
             return tokens_to_sql(self.filled, self.schema), None
-        except (DataError, ValueError, KeyError, IndexError) as e:    # never lose the unfilled query
+        except FILL_ERRORS as e:                     # never lose the unfilled query
+            self.filled = toks
             return sql, f"cannot place its values: {e}"
 
     def ask(self, question: str | list[str]) -> list[int]:
@@ -332,15 +336,17 @@ def _value_filling(args, schemas: dict, db_dir: str | None):
                 previous = tokenize_sql(inter.turns[t - 1].query, schema, "full", "literal") if t > 0 else None
             except SQLError:
                 previous = None
-        filled = fillers[inter.db_id].fill(toks, questions, previous)
         slots = sum(x == VALUE for x in toks)
         fill.counts["slots"] += slots
+        try:          # as predict: a filling that fails keeps the unfilled query, counted unfilled
+            filled = fillers[inter.db_id].fill(toks, questions, previous)
+            out = tokens_to_sql(filled, schema), filled
+        except FILL_ERRORS:
+            fill.counts["failed"] += 1
+            return sql, toks
         fill.counts["filled"] += slots - sum(x == VALUE for x in filled)
-        try:
-            return tokens_to_sql(filled, schema), filled
-        except SQLError:
-            return sql, filled
-    fill.counts = {"slots": 0, "filled": 0}
+        return out
+    fill.counts = {"slots": 0, "filled": 0, "failed": 0}
     return fill
 
 

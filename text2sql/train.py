@@ -573,6 +573,9 @@ class Teachers:
         with autocast(cfg):
             outs = [m(examples) for m in self.models]
         logp = mean_distribution([o.logp.float() for o in outs]).cpu()          # [Nt, L, K + U]
+        if cfg.distill_temperature != 1.0:
+            # impossible outputs stay NEG-sized (NEG / T is still exp-zero)
+            logp = torch.log_softmax(logp / cfg.distill_temperature, -1)
         K, row = len(self.models[0].vocab), 0
         for ex in examples:
             width = K + len(ex.unit_texts)
