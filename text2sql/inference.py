@@ -126,11 +126,11 @@ class Conversation:
 def load_ensemble(args, cfg, vocab) -> list:
     """The models of ``--ensemble RUN ...``, checked against the main run's: one vocabulary and one
     target style, or the mean of their distributions means nothing."""
-    from .train import load_run
+    from .train import TARGET_KEYS, load_run
     out = []
     for path in args.ensemble or []:
         m, c, _ = load_run(path, device=args.device, raw=args.raw_weights)
-        if (c.remove_from, c.keep_from, c.values) != (cfg.remove_from, cfg.keep_from, cfg.values):
+        if any(getattr(c, k) != getattr(cfg, k) for k in TARGET_KEYS):
             raise DataError(f"--ensemble: {path} writes other targets than {args.run} (remove_from, "
                             "keep_from or values differ)")
         if m.vocab.tokens != vocab.tokens:

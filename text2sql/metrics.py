@@ -36,16 +36,17 @@ def sequence_loss(logp, targets, mask, n_keywords: int, weighting: str, n_intera
     It counts towards the keyword or DB part by the gold token's kind, as the NLL does.
     """
     nll = -logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)          # [Nt, L]
+    distilled = teacher is not None and distill > 0
+    # the outputs this step could choose: a padded unit's logit is NEG
+    ok = logp > NEG_LOGP if smoothing > 0 or distilled else None         # [Nt, L, V]
     if smoothing > 0:
         # label smoothing against the uniform distribution over what this step could output: a
-        # padded unit's logit is NEG, so it is left out, not counted as a -1e9 log-probability
-        ok = logp > NEG_LOGP                                              # [Nt, L, V]
+        # padded unit is left out, not counted as a -1e9 log-probability
         uniform = -(logp.masked_fill(~ok, 0.0)).sum(-1) / ok.sum(-1).clamp(min=1)   # [Nt, L]
         nll = (1.0 - smoothing) * nll + smoothing * uniform
-    if teacher is not None and distill > 0:
+    if distilled:
         if teacher.shape != logp.shape:
             raise ValueError(f"teacher distribution {tuple(teacher.shape)} against the model's {tuple(logp.shape)}")
-        ok = logp > NEG_LOGP
         # exp of a masked output's NEG-sized log-probability is exactly 0; the mask also keeps the
         # student's -1e8-sized log-probabilities out of the product where a teacher disagrees
         q = teacher.float().exp().masked_fill(~ok, 0.0)                  # [Nt, L, V]

@@ -543,6 +543,8 @@ class Teachers:
     def __init__(self, paths: list[str], cfg: TrainConfig, student: Text2SQL, log=print):
         from .encoder_cache import encoder_fingerprint
         self.models, self.store = [], {}
+        # (the fingerprint covers the weights and which layers the vectors hold)
+        shared = encoder_fingerprint(student.encoder) if student.encoder.fixed else None
         self.calls = 0                      # teacher forward passes (tests: once per interaction)
         for path in paths:
             if not os.path.exists(path):
@@ -557,8 +559,7 @@ class Teachers:
             if vocab.tokens != student.vocab.tokens:
                 raise ConfigError(f"--distill {path}: its vocabulary ({len(vocab)} keywords) is not this run's "
                                   f"({len(student.vocab)}); a teacher must be trained on the same targets")
-            if model.encoder.fixed and student.encoder.fixed and tcfg.bert_layers == cfg.bert_layers \
-                    and encoder_fingerprint(model.encoder) == encoder_fingerprint(student.encoder):
+            if shared and model.encoder.fixed and encoder_fingerprint(model.encoder) == shared:
                 # the same frozen vectors: one memory cache, and this run's disk cache
                 model._cache, model.disk_cache = student._cache, student.disk_cache
             for p in model.parameters():
@@ -597,9 +598,6 @@ class Teachers:
                 out[row, :q.shape[0], :q.shape[1]] = q
                 row += 1
         return out.to(like.device, non_blocking=True)
-
-    def held_bytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.store.values())
 
 
 # ------------------------------------------------------------------------------------------
@@ -826,7 +824,7 @@ class Trainer:
             teacher = self.teachers.logp(local, out.logp, cfg) if self.teachers is not None else None
             loss, kw, db = sequence_loss(out.logp.float(), out.targets, out.mask, K, cfg.loss_weighting,
                                          len(batch), denominator=denom, smoothing=cfg.label_smoothing,
-                                         teacher=teacher, distill=cfg.distill_weight if teacher is not None else 0.0)
+                                         teacher=teacher, distill=cfg.distill_weight)
             total = loss if out.relevance_loss is None else loss + out.relevance_loss / self.dist.world
             total.backward()
         else:   # a global batch smaller than the world leaves this rank idle: it adds zeros
