@@ -118,6 +118,47 @@ def test_decoder_step_with_products_hoisted_equals_the_textbook_step(input_feedi
         logp.sum().backward()
 
 
+def test_teacher_forcing_skips_the_steps_past_each_rows_length_with_the_same_numbers():
+    """Given each target's length, teacher forcing runs the rows longest first and drops each
+    row once its target has ended: on the real positions, outputs and every gradient (weights and
+    memory) equal the textbook step's over the full padded grid; the padded positions are zeros'
+    scores and pass no gradient."""
+    from text2sql.decoder import Decoder, DecoderMemory
+    torch.manual_seed(1)
+    H, hid, P, K = 12, 10, 8, 7
+    dec = Decoder(H, hid, n_keywords=K, state_size=6, prev_size=P).double()
+    B, W, U, Pn, L = 5, 5, 4, 6, 7
+    lengths = [3, 7, 1, 3, 5]                        # unsorted, with a tie and a full-length row
+    mask = lambda n, lens: torch.arange(n)[None] < torch.tensor(lens)[:, None]
+    rand = lambda *shape: torch.randn(*shape, dtype=torch.double, requires_grad=True)
+    mem = DecoderMemory(utt=rand(B, W, H), utt_mask=mask(W, [5, 2, 0, 4, 5]), units=rand(B, U, H),
+                        unit_mask=mask(U, [4, 3, 4, 2, 4]), prev=rand(B, Pn, P),
+                        prev_mask=mask(Pn, [0, 6, 3, 1, 0]), prev_ids=torch.randint(0, K + U, (B, Pn)))
+    inputs = [mem.utt, mem.units, mem.prev, *dec.parameters()]
+    names = ["utt", "units", "prev"] + [n for n, _ in dec.named_parameters()]
+    turn_state = torch.randn(B, 6, dtype=torch.double, requires_grad=True)
+    targets = torch.randint(0, K + U, (B, L))
+    real = mask(L, lengths)                                                  # [B, L]
+    got = dec(turn_state, targets, mem, go=1, lengths=lengths)
+    want = _textbook_decoder_forward(dec, turn_state, targets, mem, go=1)
+    assert torch.allclose(got[real], want[real], atol=1e-10)
+    assert torch.allclose(got[~real], dec.scores(torch.zeros(B, L, hid, dtype=torch.double), mem)[~real])
+    noise = torch.randn_like(got) * real.unsqueeze(-1)    # a loss that reads the real positions only
+    grads = torch.autograd.grad((got.exp() * noise).sum(), inputs + [turn_state])
+    want_grads = torch.autograd.grad((want.exp() * noise).sum(), inputs + [turn_state])
+    for name, g, w in zip(names + ["turn_state"], grads, want_grads):
+        assert torch.allclose(g, w, atol=1e-10), name
+        assert g.abs().sum() > 0, name
+    # the steps past a row's end are not run: what the padded positions read owes nothing to the
+    # recurrence (the utterance, the turn state, the LSTM), where the full grid's would
+    recurrent = [mem.utt, turn_state, dec.cell.weight_hh]
+    pad_noise = torch.randn_like(got) * (~real).unsqueeze(-1)
+    got = dec(turn_state, targets, mem, go=1, lengths=lengths)
+    assert all(g.abs().sum() == 0 for g in torch.autograd.grad((got.exp() * pad_noise).sum(), recurrent))
+    full = dec(turn_state, targets, mem, go=1)
+    assert all(g.abs().sum() > 0 for g in torch.autograd.grad((full.exp() * pad_noise).sum(), recurrent))
+
+
 def test_empty_target_loss_is_zero_not_nan():
     logp = torch.log_softmax(torch.randn(2, 4, 7), -1)
     targets = torch.zeros(2, 4, dtype=torch.long)

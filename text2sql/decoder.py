@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from .attention import Attention, masked_softmax
+from .tensors import to_device
 
 NEG = -1e9   # masked logits: finite, so a masked gold token gives a huge loss, not inf/NaN
 
@@ -87,8 +88,9 @@ def _rows_times(v: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
 
 
 class _StepAttention(torch.autograd.Function):
-    """One step's attention of h [B, hidden] over prepared keys and values [B, K, hidden] (mask
-    [B, K]) -> the context's share of the fusion [B, hidden].
+    """One step's attention of h [n, hidden] over the first n rows of prepared keys and values
+    [B, K, hidden] (mask [n, K]) -> the context's share of the fusion [n, hidden]. n < B while
+    teacher forcing rows sorted by length: the rows whose targets have ended drop out.
 
     Its backward gives h its gradient at once and logs what the keys' and values' gradients are
     made of, for :class:`_DeferredMemoryGrad` to sum over all steps in one product: accumulating
@@ -97,6 +99,8 @@ class _StepAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, h, keys, values, mask, log):
+        n = h.shape[0]
+        keys, values = keys[:n], values[:n]          # views: the first n rows are the active ones
         # Mat-vec products are written as a row times a transposed matrix ([B, 1, hidden] x
         # [B, hidden, K]): as [B, K, hidden] x [B, hidden, 1], CPU bmm ran them 5-14x slower.
         weights = masked_softmax(_rows_times(h, keys), mask)                           # [B, K], 0 on padding
@@ -117,7 +121,7 @@ class _StepAttention(torch.autograd.Function):
         d_weights = _rows_times(grad, values)                                          # [B, K]
         # softmax backward; masked and all-padding entries have weight 0, so they get 0
         d_scores = weights * (d_weights - (weights * d_weights).sum(-1, keepdim=True))  # [B, K]
-        ctx.log.append((d_scores, h, weights, grad))
+        ctx.log.append((d_scores, h, weights, grad))                                  # n rows each
         return torch.bmm(d_scores.unsqueeze(1), keys).squeeze(1), None, None, None, None
 
 
@@ -141,7 +145,11 @@ class _DeferredMemoryGrad(torch.autograd.Function):
     @staticmethod
     def _backward(ctx, d_keys, d_values):
         if ctx.log:
-            d_scores, h, weights, grad = (torch.stack(x, 1) for x in zip(*ctx.log))   # [B, T, .]
+            # steps with fewer active rows (a prefix of the B) padded with zero rows: [B, T, .]
+            B = d_keys.shape[0]
+            d_scores, h, weights, grad = (
+                torch.stack([nn.functional.pad(t, (0, 0, 0, B - t.shape[0])) if t.shape[0] < B else t
+                             for t in x], 1) for x in zip(*ctx.log))
             d_keys = d_keys + torch.bmm(d_scores.transpose(1, 2), h)                    # [B, K, hidden]
             d_values = d_values + torch.bmm(weights.transpose(1, 2), grad)              # [B, K, hidden]
             ctx.log.clear()
@@ -151,7 +159,7 @@ class _DeferredMemoryGrad(torch.autograd.Function):
 class _StepProduct(torch.autograd.Function):
     """x [B, D] @ w.T for a weight w [O, D] that every step multiplies. Its backward gives x its
     gradient at once and logs (x, grad) for :class:`_DeferredWeightGrad`, so that w's gradient is
-    one [O, B*T] x [B*T, D] product after the loop rather than a small product and an [O, D]
+    one [O, N] x [N, D] product after the loop (N: the rows of all steps) rather than a small product and an [O, D]
     accumulation at every step."""
 
     @staticmethod
@@ -191,7 +199,7 @@ class _DeferredWeightGrad(torch.autograd.Function):
     def backward(ctx, d_w):
         with torch.autocast(**ctx.amp):
             if ctx.log:
-                x, grad = (torch.cat(t, 0) for t in zip(*ctx.log))               # [B*T, D], [B*T, O]
+                x, grad = (torch.cat(t, 0) for t in zip(*ctx.log))               # [N, D], [N, O]
                 d_w = d_w + grad.T @ x                                              # [O, D]
                 ctx.log.clear()
             return d_w, None
@@ -354,8 +362,9 @@ class Decoder(nn.Module):
         return gates, emb @ self._fuse_blocks()[0].T + self.fuse.bias
 
     def recur(self, state, terms, prev_out, mem: DecoderMemory):
-        """The recurrent part of one step for B turns -> (state, fused output [B, hidden]).
-        terms: ``input_terms`` of the step's input tokens."""
+        """The recurrent part of one step for n turns -> (state, fused output [n, hidden]).
+        terms: ``input_terms`` of the step's input tokens. The n turns are the memory's first n
+        rows (n = B but in ``_outputs_stepped``, which drops ended rows)."""
         mem = self.prepare(mem)      # a no-op on a prepared memory; callers looping prepare once
         gates_in, fuse_in = terms                                   # [B, 4 hidden], [B, hidden]
         w_rec, w_fuse_rec = mem.weights
@@ -368,7 +377,8 @@ class Decoder(nn.Module):
         c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
         h = torch.sigmoid(o) * torch.tanh(c)
         fused = fuse_in + _product(torch.cat([prev_out, h], -1), w_fuse_rec, logs[4])   # [B, hidden]
-        masks = (mem.utt_mask, mem.unit_mask, mem.prev_mask)
+        n = h.shape[0]
+        masks = tuple(m if m.shape[0] == n else m[:n] for m in (mem.utt_mask, mem.unit_mask, mem.prev_mask))
         # under CPU autocast the attention runs in float32, over the float32 memory prepare made
         cpu_amp = _cpu_autocast(h) is not None
         query = h.float() if cpu_amp else h
@@ -415,23 +425,65 @@ class Decoder(nn.Module):
         logp = torch.log_softmax(logits.float(), -1)
         return logp[:, 0] if single else logp
 
-    def forward(self, turn_state, targets, mem: DecoderMemory, go: int, targets_mask=None):
+    def forward(self, turn_state, targets, mem: DecoderMemory, go: int, targets_mask=None,
+                lengths: list[int] | None = None):
         """Teacher forcing. targets [B, L] joint ids; returns log-probs [B, L, K + U].
 
         Only the LSTM, the attention and the fusion are recurrent; the output layer runs once over
-        all L steps (one large matrix product instead of L small ones, forward and backward)."""
+        all L steps (one large matrix product instead of L small ones, forward and backward).
+        ``lengths`` (host ints, B of them): each target's real length; steps past a row's length
+        are then not computed (their outputs are zero: padding, masked by every loss and metric)."""
         B, L = targets.shape
         inputs = torch.cat([targets.new_full((B, 1), go), targets[:, :-1]], 1)   # [B, L] shifted
         emb = self.embed(inputs, mem.units)                                       # [B, L, H]
-        step_outputs = self._outputs_stepped if self.input_feeding else self._outputs_parallel
         flags = None
         if self.query_table is not None:
             flags = self.query_table_flags(targets, targets_mask, mem.unit_tables)
-        return self.scores(step_outputs(turn_state, emb, mem), mem, flags)       # [B, L, K + U]
+        if not self.input_feeding:
+            outputs = self._outputs_parallel(turn_state, emb, mem)
+        else:
+            outputs = self._outputs_stepped(turn_state, emb, mem, lengths)
+        return self.scores(outputs, mem, flags)                                  # [B, L, K + U]
 
-    def _outputs_stepped(self, turn_state, emb, mem: DecoderMemory) -> torch.Tensor:
+    def _outputs_stepped(self, turn_state, emb, mem: DecoderMemory,
+                         lengths: list[int] | None = None) -> torch.Tensor:
         """The fused outputs [B, L, hidden] of input tokens emb [B, L, H], step by step: each step
-        reads the one before's output."""
+        reads the one before's output.
+
+        With ``lengths``, the rows run longest first and step i computes only the rows still
+        going, a prefix of them: a batch's targets differ widely in length (on SParC train, in
+        batches of 16 interactions, 37% of the [turns, longest] grid is real tokens), and the
+        step's products are most of a frozen-encoder training step on CPU. The input tokens'
+        products are computed for the real positions alone, packed step after step."""
+        B, L = emb.shape[:2]
+        if lengths is None or mem.keys is not None or min(lengths, default=L) >= L:
+            return self._outputs_full(turn_state, emb, mem)
+        order = sorted(range(B), key=lambda r: -lengths[r])          # stable: ties keep their order
+        active = [sum(1 for n in lengths if n > i) for i in range(L)]   # rows still going at step i
+        active = [n for n in active if n > 0]
+        if not active:                                  # every target empty: nothing to run
+            return emb.new_zeros(B, L, self.hidden)
+        # each real position's place in the [B * L] grid, step by step, the rows of a step in
+        # the sorted order: the input tokens' products and the outputs live packed in this order
+        where = [order[r] * L + i for i, n in enumerate(active) for r in range(n)]
+        perm = to_device(order, torch.long, emb.device)          # pinned, non-blocking: no host sync
+        idx = to_device(where, torch.long, emb.device)
+        mem = self.prepare(mem.select(perm))
+        h, c = self.init_state(turn_state[perm])
+        prev_out = turn_state.new_zeros(B, self.hidden)
+        gates_in, fuse_in = self.input_terms(emb.reshape(B * L, -1)[idx])   # [N, 4 hidden], [N, hidden]
+        outs = []
+        for n, g_in, f_in in zip(active, gates_in.split(active), fuse_in.split(active)):
+            if n < h.shape[0]:
+                h, c, prev_out = h[:n], c[:n], prev_out[:n]
+            (h, c), prev_out = self.recur((h, c), (g_in, f_in), prev_out, mem)
+            outs.append(prev_out)                                   # [n, hidden]
+        # one scatter into the padded grid (one gather back in the backward pass)
+        packed = torch.cat(outs, 0)                                 # [N, hidden], N = sum of lengths
+        return packed.new_zeros(B * L, self.hidden).index_copy(0, idx, packed).view(B, L, self.hidden)
+
+    def _outputs_full(self, turn_state, emb, mem: DecoderMemory) -> torch.Tensor:
+        """``_outputs_stepped`` over every row for all L steps."""
         mem = self.prepare(mem)
         state = self.init_state(turn_state)
         prev_out = turn_state.new_zeros(emb.shape[0], self.hidden)

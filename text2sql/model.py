@@ -583,7 +583,8 @@ class Text2SQL(nn.Module):
         flat = [t for ex in examples for t in ex.targets]
         dev = ctx["utt"].device
         targets, mask = pad_ids(flat, dev)                                  # [Nt, L]
-        logp = self.decoder(ctx["state"], targets, mem, go=self.vocab.go, targets_mask=mask)
+        logp = self.decoder(ctx["state"], targets, mem, go=self.vocab.go, targets_mask=mask,
+                            lengths=[len(t) for t in flat])
         turn_index = to_device([t for ex in examples for t in range(len(ex))], torch.long, dev)
         rel = None
         if self.relevance is not None and self.training:
