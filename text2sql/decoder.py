@@ -103,10 +103,10 @@ class _StepAttention(torch.autograd.Function):
         keys, values = keys[:n], values[:n]          # views: the first n rows are the active ones
         # Mat-vec products are written as a row times a transposed matrix ([B, 1, hidden] x
         # [B, hidden, K]): as [B, K, hidden] x [B, hidden, 1], CPU bmm ran them 5-14x slower.
-        weights = masked_softmax(_rows_times(h, keys), mask)                           # [B, K], 0 on padding
+        weights = masked_softmax(_rows_times(h, keys), mask)                           # [n, K], 0 on padding
         ctx.save_for_backward(h, keys, values, weights)
         ctx.log, ctx.amp = log, _autocast_state(h)
-        return torch.bmm(weights.unsqueeze(1), values).squeeze(1)                     # [B, hidden]
+        return torch.bmm(weights.unsqueeze(1), values).squeeze(1)                     # [n, hidden]
 
     @staticmethod
     def backward(ctx, grad):
@@ -118,10 +118,10 @@ class _StepAttention(torch.autograd.Function):
         if ctx.log is None:
             raise RuntimeError("decoder memory prepared with gradients off, then differentiated")
         h, keys, values, weights = ctx.saved_tensors
-        d_weights = _rows_times(grad, values)                                          # [B, K]
+        d_weights = _rows_times(grad, values)                                          # [n, K]
         # softmax backward; masked and all-padding entries have weight 0, so they get 0
-        d_scores = weights * (d_weights - (weights * d_weights).sum(-1, keepdim=True))  # [B, K]
-        ctx.log.append((d_scores, h, weights, grad))                                  # n rows each
+        d_scores = weights * (d_weights - (weights * d_weights).sum(-1, keepdim=True))  # [n, K]
+        ctx.log.append((d_scores, h, weights, grad))
         return torch.bmm(d_scores.unsqueeze(1), keys).squeeze(1), None, None, None, None
 
 
@@ -366,17 +366,17 @@ class Decoder(nn.Module):
         terms: ``input_terms`` of the step's input tokens. The n turns are the memory's first n
         rows (n = B but in ``_outputs_stepped``, which drops ended rows)."""
         mem = self.prepare(mem)      # a no-op on a prepared memory; callers looping prepare once
-        gates_in, fuse_in = terms                                   # [B, 4 hidden], [B, hidden]
+        gates_in, fuse_in = terms                                   # [n, 4 hidden], [n, hidden]
         w_rec, w_fuse_rec = mem.weights
         logs = mem.grad_log or (None,) * 5           # None: prepared without gradients
         h, c = state
         if not self.input_feeding:
             prev_out = torch.zeros_like(prev_out)
-        gates = gates_in + _product(torch.cat([prev_out, h], -1), w_rec, logs[3])       # [B, 4 hidden]
+        gates = gates_in + _product(torch.cat([prev_out, h], -1), w_rec, logs[3])       # [n, 4 hidden]
         i, f, g, o = gates.chunk(4, -1)                             # nn.LSTMCell's gate order
         c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
         h = torch.sigmoid(o) * torch.tanh(c)
-        fused = fuse_in + _product(torch.cat([prev_out, h], -1), w_fuse_rec, logs[4])   # [B, hidden]
+        fused = fuse_in + _product(torch.cat([prev_out, h], -1), w_fuse_rec, logs[4])   # [n, hidden]
         n = h.shape[0]
         masks = tuple(m if m.shape[0] == n else m[:n] for m in (mem.utt_mask, mem.unit_mask, mem.prev_mask))
         # under CPU autocast the attention runs in float32, over the float32 memory prepare made
@@ -384,7 +384,7 @@ class Decoder(nn.Module):
         query = h.float() if cpu_amp else h
         with torch.autocast("cpu", enabled=False) if cpu_amp else contextlib.nullcontext():
             for keys, values, mask, log in zip(mem.keys, mem.values, masks, logs):
-                fused = fused + _StepAttention.apply(query, keys, values, mask, log)     # [B, hidden]
+                fused = fused + _StepAttention.apply(query, keys, values, mask, log)     # [n, hidden]
         return (h, c), self.dropout(torch.tanh(fused))
 
     def step(self, state, prev_emb, prev_out, mem: DecoderMemory, flags: torch.Tensor | None = None):
