@@ -378,7 +378,7 @@ class Decoder(nn.Module):
         h = torch.sigmoid(o) * torch.tanh(c)
         fused = fuse_in + _product(torch.cat([prev_out, h], -1), w_fuse_rec, logs[4])   # [n, hidden]
         n = h.shape[0]
-        masks = tuple(m if m.shape[0] == n else m[:n] for m in (mem.utt_mask, mem.unit_mask, mem.prev_mask))
+        masks = tuple(m[:n] for m in (mem.utt_mask, mem.unit_mask, mem.prev_mask))   # views, [n, K]
         # under CPU autocast the attention runs in float32, over the float32 memory prepare made
         cpu_amp = _cpu_autocast(h) is not None
         query = h.float() if cpu_amp else h
