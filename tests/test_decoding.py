@@ -101,6 +101,79 @@ def test_grammar_allows_each_clause_once_per_select(concert_schema):
         tokens_to_sql(w + ["where", "singer.age", "<", "value"], concert_schema)
 
 
+def test_grammar_puts_operators_and_parentheses_where_the_reader_takes_them(concert_schema):
+    from text2sql.vocab import Vocab
+    v = Vocab.build([], [])
+    g = Grammar(v)
+    size = len(v) + len(concert_schema.units)
+    ids = lambda toks: v.encode(toks, concert_schema)[:-1]   # noqa: E731
+    joint = lambda tok: v.index[tok] if tok in v.index else ids([tok])[0]   # noqa: E731
+    ok = lambda toks, nxt: bool(g.allowed(ids(toks), size)[joint(nxt)])   # noqa: E731
+    # R1: an aggregate is followed by "(" and nothing else ("select avg and value")
+    for agg in ("count", "sum", "avg", "min", "max"):
+        mask = g.allowed(ids(["select", agg]), size)
+        assert mask.sum() == 1 and mask[v.index["("]], agg
+    # R2: "(" right after from/join opens a subquery ("join ( enclosure.enclosure_id )")
+    f = ["select", "singer.name", "from", "singer", "join"]
+    for prefix in (f[:3] + ["("], f + ["("]):
+        mask = g.allowed(ids(prefix), size)
+        assert mask.sum() == 1 and mask[v.index["select"]], prefix
+    assert ok(["select", "singer.name", "from"], "(") and ok(f, "(")
+    # R3: "(" only where an operand is wanted, never after a complete one ("( * ( * ( * ...")
+    w = ["select", "singer.name", "where", "singer.age"]
+    for prefix in (["select", "count", "(", "*"], ["select", "singer.name"], w + [">", "value"],
+                   ["select", "count", "(", "singer.*", ")"], ["select", "singer.name", "order_by", "singer.age", "desc"]):
+        assert not ok(prefix, "("), prefix
+    for prefix in (["select"], ["select", "count"], w + ["="], w + ["in"], w + ["not", "in"], ["select", "distinct"]):
+        assert ok(prefix, "("), prefix
+    assert ok(w + ["=", "("], "select") and ok(w + ["not", "in", "(", "select"], "singer.age")
+    # R4: no binary operator right after a token that wants its operand, but "not in", "not like"
+    for prefix in (["select"], w[:3], w + ["="], w + [">", "value", "and"], ["select", "singer.name", ","],
+                   ["select", "distinct"], w + ["not"]):
+        for op in ("and", "or", "=", "!=", "<", ">=", "+", "/", "like", "is", "on", "as"):
+            if not (prefix[-1] == "not" and op == "like"):
+                assert not ok(prefix, op), (prefix, op)
+    for op in ("in", "like", "between"):
+        assert ok(w + ["not"], op) and not ok(w[:3], op) and not ok(w + ["="], op) and ok(w, op), op
+    assert ok(w + ["not", "like"], "value") and ok(w + ["not", "in", "("], "select")
+    assert ok(w + [">", "value"], "and") and ok(w, "=") and ok(w, "-") and ok(w + ["="], "-")
+    assert ok(w + ["between", "value"], "and") and ok(["select", "singer.age"], "+")
+
+
+def test_grammar_after_an_operand_directions_joins_and_the_length_budget(concert_schema):
+    from text2sql.vocab import Vocab
+    v = Vocab.build([], [])
+    g = Grammar(v)
+    size = len(v) + len(concert_schema.units)
+    ids = lambda toks: v.encode(toks, concert_schema)[:-1]   # noqa: E731
+    joint = lambda tok: v.index[tok] if tok in v.index else ids([tok])[0]   # noqa: E731
+    ok = lambda toks, nxt, left=None: bool(g.allowed(ids(toks), size, left=left)[joint(nxt)])   # noqa: E731
+    s = ["select", "singer.name"]
+    # after a complete operand: no second operand without its comma, no keyword out of place
+    for nxt in ("singer.age", "value", "*", "count", "distinct", "right", "case", "select", "("):
+        assert not ok(s, nxt), nxt
+    for nxt in (",", "from", "where", "=", "not", "-", "glob", "<eos>", "union"):
+        assert ok(s, nxt), nxt
+    assert not ok(s + ["glob"], "glob") and ok(s + ["glob"], "value")
+    # ASC / DESC end an ORDER BY item, once; not in another clause
+    o = s + ["order_by", "singer.age"]
+    assert ok(o, "desc") and ok(o, "asc") and not ok(o + ["desc"], "desc") and ok(o + ["desc"], "limit")
+    assert not ok(s, "desc") and not ok(s + ["group_by", "singer.age"], "desc")
+    # LEFT, RIGHT ... lead to a JOIN, only in FROM
+    f = s + ["from", "singer"]
+    assert ok(f, "left") and not ok(s, "left")
+    mask = g.allowed(ids(f + ["left"]), size)
+    assert mask[v.index["join"]] and mask[v.index["outer"]] and mask.sum() == 1 + len(("inner", "left", "right", "outer", "cross"))
+    # the length budget: with just enough steps left, nothing that wants another operand comes
+    deep = ["select", "count", "(", "singer.*"]        # depth 1: ")" and the end need 2 steps
+    assert ok(deep, "=", left=10) and ok(deep, ",", left=10)
+    assert not ok(deep, "=", left=3) and not ok(deep, ",", left=3) and ok(deep, ")", left=3)
+    w = s + ["where", "singer.age", "="]              # wants an operand, then the end: 2 steps
+    assert ok(w, "(", left=10) and not ok(w, "(", left=3) and ok(w, "value", left=3)
+    # never an empty mask: where the budget would leave nothing, the usual rules stand
+    assert g.allowed(ids(f + ["left"]), size, left=1).any()
+
+
 def test_beam_of_one_is_greedy_and_beam_scores_no_worse(trained):
     model, ex = trained.model, trained.train_ex
     greedy = model.predict(ex)

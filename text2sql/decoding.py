@@ -6,9 +6,26 @@ DB unit before it ends, an item of a SELECT, GROUP BY or ORDER BY list never rep
 before it, ``)`` never closes an empty group, a clause (FROM, WHERE, GROUP BY, HAVING,
 ORDER BY, LIMIT) comes at most once per SELECT, as the SQL reader requires, JOIN and ON come only in
 a FROM clause, and the end token only comes where a query can end (parentheses closed, the last
-token a complete operand or a direction). DB units are
+token a complete operand or a direction). Operators and parentheses go where the reader takes
+them: an aggregate (count, sum, avg, min, max) is followed by ``(`` and nothing else; a ``(``
+right after ``from`` or ``join`` opens a subquery, so ``select`` follows it; after a complete
+operand (a DB unit, ``*``, a value, ``)``, a direction) only what continues or ends one comes
+(an operator, a comma, ``)``, a clause, a set operation, a join, a direction, the end), so no
+"a.x ( ...", "( * ( * ...", "a.x a.y" or "a.x avg ( ..."; no binary operator (and, or, a
+comparison, an arithmetic operator but ``-``, like, glob, between, in, is, as, on) follows a
+token that still wants its operand, except ``not in``, ``not like``, ``not between`` and ``not
+exists``; ASC and DESC end an ORDER BY item, once; INNER, LEFT, RIGHT, OUTER and CROSS lead to
+a JOIN. Each holds on every gold token of SParC's train and dev targets but three annotation
+slips (``ORDER BY x DESC 1``, ``GROUP BY x DESC LIMIT 1``) and the repeats below. DB units are
 already limited to the turn's own schema by the decoder's unit mask. ``constrained=False`` turns
 it off, for comparison.
+
+The search stops at ``max_len`` tokens. Given how many it has left (``left``), the constraint
+refuses, once only enough remain to give a wanted operand, close every parenthesis and end,
+every token that would want another operand: an undertrained decoder that loops ("avg ( avg (
+...") is steered to close its query instead of running off the end unbalanced. A query can
+still end up ill-formed in meaning (a column of a table its FROM lacks), which the reader
+reports with its reason.
 """
 from __future__ import annotations
 
@@ -25,7 +42,20 @@ from .vocab import Vocab
 _OPEN = {"select", "from", "join", "on", "as", "where", "group_by", "having", "order_by", "limit",
          "and", "or", "not", "in", "like", "between", "is", "distinct", "(", ",", "=", "!=", "<>", "<",
          ">", "<=", ">=", "+", "-", "/", "%", "||", "intersect", "union", "except", "exists",
-         "count", "sum", "avg", "min", "max", "<go>"}
+         "count", "sum", "avg", "min", "max", "glob", "<go>"}
+_AGGREGATES = ("count", "sum", "avg", "min", "max")
+# operators that take a left operand: never right after an _OPEN token ("-" can be a unary minus)
+_BINARY = ("and", "or", "=", "!=", "<>", "<", ">", "<=", ">=", "+", "/", "%", "||", "like", "glob",
+           "between", "in", "is", "as", "on")
+# what may follow "not" although it is (or reads as) a binary operator: "x not in ( select ..."
+_AFTER_NOT = ("in", "like", "between", "exists")
+# what may follow a complete operand (a DB unit, "*", a value, ")", a direction): every keyword
+# that follows one in SParC's train and dev targets, and the other binary operators
+_JOIN_KINDS = ("inner", "left", "right", "outer", "cross")
+_AFTER_OPERAND = ("=", "!=", "<>", "<", ">", "<=", ">=", "+", "-", "/", "%", "||", "and", "or", "not",
+                  "in", "like", "between", "is", "glob", "as", ",", ")", "from", "join", "on",
+                  *_JOIN_KINDS, "where", "group_by", "having", "order_by", "limit", "asc", "desc",
+                  "intersect", "union", "except")
 
 
 class Grammar:
@@ -43,6 +73,8 @@ class Grammar:
         self.close_paren = vocab.index[")"]
         self.never = [vocab.pad, vocab.go, vocab.unk]
         self.open_ids = {vocab.index[t] for t in _OPEN if t in vocab.index}
+        self.order_by = vocab.index.get("order_by")
+        self.directions = [vocab.index[t] for t in ("asc", "desc") if t in vocab.index]
         self.table_slots = {vocab.index[t] for t in ("from", "join") if t in vocab.index}
         self.tables = []
         self.clauses = {vocab.index[t] for t in CLAUSES + ("from",) if t != "select" and t in vocab.index}
@@ -54,6 +86,16 @@ class Grammar:
         self.lists = {None} | {vocab.index[t] for t in ("group_by", "order_by") if t in vocab.index}
         self.comma = vocab.index.get(",")
         self.distinct = vocab.index.get("distinct")
+        ids = lambda toks: [vocab.index[t] for t in toks if t in vocab.index]   # noqa: E731
+        self.aggregates = set(ids(_AGGREGATES))
+        self.binary = ids(_BINARY)
+        self.not_id = vocab.index.get("not")
+        self.binary_after_not = [t for t in self.binary if t not in set(ids(_AFTER_NOT))]
+        self.after_operand = torch.zeros(K, dtype=torch.bool)
+        self.after_operand[ids(_AFTER_OPERAND) + [vocab.eos]] = True
+        self.join_kinds = set(ids(_JOIN_KINDS))
+        self.open_list = sorted(self.open_ids | self.join_kinds)    # what the length budget refuses
+        self.join_next = ids(("join", *_JOIN_KINDS))
 
     @property
     def tables(self) -> list[list[int] | None]:
@@ -67,11 +109,25 @@ class Grammar:
         self._table_ids = [None if t is None else torch.tensor([self.K + j for j in t], dtype=torch.long)
                            for t in rows]
 
-    def allowed(self, prefix: list[int], size: int, row: int = 0) -> torch.Tensor:
-        """Bool mask [size] over the joint space for the next token after ``prefix``.
+    def allowed(self, prefix: list[int], size: int, row: int = 0, left: int | None = None) -> torch.Tensor:
+        """Bool mask [size] over the joint space for the next token after ``prefix``; ``left``:
+        how many tokens the search may still write, the end token included (None: no limit).
 
         With the row's table units known: a table comes exactly after ``from``/``join`` (or a
         subquery's ``(``), and nothing else does."""
+        last = prefix[-1] if prefix else None
+        if last in self.join_kinds:             # "left outer join": a join follows
+            only = torch.zeros(size, dtype=torch.bool)
+            only[self.join_next] = True
+            return only
+        if last in self.aggregates:             # "count (": the reader takes nothing else
+            only = torch.zeros(size, dtype=torch.bool)
+            only[self.open_paren] = True
+            return only
+        if last == self.open_paren and len(prefix) > 1 and prefix[-2] in self.table_slots:
+            only = torch.zeros(size, dtype=torch.bool)      # "from ( select ...": a subquery
+            only[self.select] = True
+            return only
         ok = torch.ones(size, dtype=torch.bool)
         table_ids = self._table_ids[row] if row < len(self._table_ids) else None
         if table_ids is not None and prefix:
@@ -86,9 +142,20 @@ class Grammar:
             ok[:] = False
             ok[self.select] = True
             return ok
-        depth, used, in_from, names_unit, repeat = self.scan(prefix)
-        last = prefix[-1]
+        depth, used, clause, names_unit, repeat = self.scan(prefix)
+        in_from = clause == self.from_id
         last_open = last < self.K and last in self.open_ids
+        if not last_open:
+            # after a complete operand only what continues or ends one: an operator, a comma, a
+            # ")", a clause, a set operation, a join, a direction, the end. Not "(" or anything
+            # that starts another operand: "a.x ( ...", "( * ( * ...", "a.x avg ( ...", "a.x a.y"
+            # (a list without its comma), nor a keyword out of place ("a.x right glob case ...")
+            ok[:self.K] &= self.after_operand
+            ok[self.K:] = False
+        else:
+            # a binary operator right after a token that still wants its operand ("select avg and",
+            # "where = ..."); gold has only "not in" and "not like" of this shape
+            ok[self.binary_after_not if last == self.not_id else self.binary] = False
         if depth <= 0 or last_open:
             ok[self.close_paren] = False
         if depth != 0 or last_open:
@@ -109,15 +176,29 @@ class Grammar:
             ok[repeat] = False
         if not in_from:
             ok[self.from_only] = False
+            ok[self.join_next] = False
+        if clause != self.order_by or last in self.directions:
+            # ASC / DESC end an ORDER BY item, once: not in another clause ("from ( ... ) desc"),
+            # not twice ("desc desc ...")
+            ok[self.directions] = False
         # SELECT starts a query: only first, after "(" (a subquery) or after a set operation
         if last != self.open_paren and last not in self.set_ops:
             ok[self.select] = False
+        if left is not None and left <= depth + last_open + 2:
+            # the search stops at max_len: with just enough steps left to give the operand a
+            # token wants, close every parenthesis and end, nothing that wants another operand
+            # may come (a looping, undertrained decoder otherwise runs off the end unbalanced)
+            closing = ok.clone()
+            closing[self.open_list] = False
+            if closing.any():
+                ok = closing
         return ok
 
-    def scan(self, prefix: list[int]) -> tuple[int, set[int], bool, bool, int | None]:
+    def scan(self, prefix: list[int]) -> tuple[int, set[int], int | None, bool, int | None]:
         """One pass over the prefix -> (parenthesis depth, the clause keywords the SELECT being
-        written already has (each may come once; FROM counts as one), whether it is in its FROM
-        clause (where JOIN and ON belong), whether the prefix names any DB unit, the one token that
+        written already has (each may come once; FROM counts as one), the clause it is in (FROM:
+        where JOIN and ON belong; ORDER BY: where ASC and DESC do; None in the SELECT list or
+        inside a plain parenthesis), whether the prefix names any DB unit, the one token that
         would make the list item being written (SELECT, GROUP BY or ORDER BY) a copy of the item
         before it, or None).
 
@@ -172,8 +253,8 @@ class Grammar:
         prev, cur = block[2], block[3]
         repeat = prev[-1] if prev and cur is not None and prev[-1] >= 0 and prev[:-1] == cur else None
         if top is None:                 # inside a plain parenthesis: no clause starts here
-            return depth, set(self.clauses), False, names_unit, repeat
-        return depth, top[0], top[1] == self.from_id, names_unit, repeat
+            return depth, set(self.clauses), None, names_unit, repeat
+        return depth, top[0], top[1], names_unit, repeat
 
     @staticmethod
     def _block() -> list:
@@ -268,7 +349,8 @@ def greedy(decoder, turn_state, mem: DecoderMemory, vocab: Vocab, grammar: Gramm
     for _ in range(max_len):
         carry, logp = search.step(carry, tok)
         if grammar is not None:
-            logp = _apply(logp, torch.stack([grammar.allowed(s, logp.shape[1], b) for b, s in enumerate(seqs)]))
+            logp = _apply(logp, torch.stack([grammar.allowed(s, logp.shape[1], b, max_len - len(s))
+                                             for b, s in enumerate(seqs)]))
         nxt = logp.argmax(-1).tolist()
         for b in range(B):
             if not done[b]:
@@ -324,7 +406,8 @@ def beam_candidates(decoder, turn_state, mem: DecoderMemory, vocab: Vocab, gramm
         V = logp.shape[1]
         if grammar is not None:
             free = torch.ones(V, dtype=torch.bool)
-            masks = [grammar.allowed(seqs[b][k], V, b) if not done[b] and k < len(seqs[b]) else free
+            masks = [grammar.allowed(seqs[b][k], V, b, max_len - len(seqs[b][k]))
+                     if not done[b] and k < len(seqs[b]) else free
                      for b in range(B) for k in range(beam)]
             logp = _apply(logp, torch.stack(masks))
         total = (scores.unsqueeze(-1) + logp.view(B, beam, V)).view(B, beam * V)
