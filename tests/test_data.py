@@ -89,7 +89,7 @@ def test_cli_bad_input_never_a_traceback(tmp_path):
     write(tmp_path / "tables.json", "[]")
     write(tmp_path / "dev.json", "{not json")
     p = run_cli("data", "check", "--data", str(tmp_path), "--json")
-    assert p.returncode == 0, p.stderr
+    assert p.returncode == 1, p.stderr          # bad items: a script can stop on it
     out = json.loads(p.stdout)
     assert out["errors"] == [f"{tmp_path}/dev.json: malformed JSON at line 1 column 2: "
                              "Expecting property name enclosed in double quotes"]

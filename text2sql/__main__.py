@@ -12,7 +12,8 @@ from .runs import add_runs_commands
 def add_data_commands(sub):
     data = sub.add_parser("data", help="inspect a data set: counts, tokenisation, FROM restoration")
     dsub = data.add_subparsers(dest="data_command", required=True)
-    for name, helptext in (("check", "tokenise every gold query both ways and restore FROM-less ones"),
+    for name, helptext in (("check", "tokenise every gold query both ways and restore FROM-less ones; exits 1 "
+                                     "where any item is bad"),
                            ("stats", "the same summary as a table")):
         p = dsub.add_parser(name, help=helptext)
         p.add_argument("--data", default=None,
@@ -37,9 +38,12 @@ def _report(args):
 def run_data_check(args) -> int:
     from .datacheck import format_table
     report = _report(args)
+    # exit 1 where items are bad, so that a script or CI can stop on it (FROM clauses that do not
+    # restore are a property of the data, not errors)
+    bad = 1 if any(r["errors"] for r in report["splits"].values()) else 0
     if args.json:
         print(json.dumps(report))
-        return 0
+        return bad
     for name, r in report["splits"].items():
         print(f"== {name}: {r['path']}")
         for line in r["errors"][:args.max_listed]:
@@ -50,7 +54,7 @@ def run_data_check(args) -> int:
         if n > args.max_listed:
             print(f"... {n - args.max_listed} more (use --json for all)")
     print(format_table(report))
-    return 0
+    return bad
 
 
 def run_data_stats(args) -> int:
@@ -93,6 +97,13 @@ def main(argv=None) -> int:
         if not isinstance(e, EncoderLoadError):
             raise
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        # a file or folder named on the command line that is not there, or not readable: the
+        # path and the reason, not a traceback
+        if e.filename is None:
+            raise
+        print(f"error: {e.filename}: {e.strerror or e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

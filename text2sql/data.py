@@ -118,6 +118,8 @@ def _read_sparc_item(item, path, i) -> Interaction:
                 raise DataError(f"{key!r} is not a string", file=path, interaction=i, turn=t)
         if not turn["query"].strip():
             raise DataError("empty query", file=path, interaction=i, turn=t)
+        if not turn["utterance"].strip():
+            raise DataError("empty utterance", file=path, interaction=i, turn=t)
         turns.append(Turn(turn["utterance"], turn["query"], tokenize_utterance(turn["utterance"])))
     return Interaction(db_id=item["database_id"], turns=turns, source=path, index=i)
 
@@ -128,6 +130,10 @@ def _read_spider_item(item, path, i) -> Interaction:
     for key in ("db_id", "question", "query"):
         if key not in item:
             raise DataError(f"missing key {key!r}", file=path, interaction=i)
+    for key in ("question", "query"):
+        if not isinstance(item[key], str) or not item[key].strip():
+            raise DataError(f"empty {key}" if isinstance(item[key], str) else f"{key!r} is not a string",
+                            file=path, interaction=i)
     turn = Turn(item["question"], item["query"], tokenize_utterance(item["question"]))
     return Interaction(db_id=item["db_id"], turns=[turn], source=path, index=i)
 
@@ -147,6 +153,10 @@ def split_path(data: str, split: str) -> str:
 
 
 def tables_path(data: str, tables: str | None = None) -> str:
+    if not os.path.exists(data):
+        # said here, where every command first reads --data: the schemas' path derived from a
+        # missing folder would name a file beside it instead
+        raise DataError("no such data directory or split file", file=data)
     if tables:
         return tables
     d = data if os.path.isdir(data) else os.path.dirname(data)
@@ -171,6 +181,12 @@ def db_split(interactions: list[Interaction], n_train_dbs: int = 10):
     """The quick protocol on one file: databases sorted by name, the first ``n`` train, the
     rest validate; no database is on both sides."""
     dbs = sorted({it.db_id for it in interactions})
+    if len(dbs) <= n_train_dbs:
+        src = interactions[0].source if interactions else None
+        raise DataError(f"the database split needs more than {n_train_dbs} databases (the first "
+                        f"{n_train_dbs} by name train, the rest validate); this file has {len(dbs)}: "
+                        "a smaller --db_split_train, or --protocol official with a train and a dev file",
+                        file=src)
     train_dbs = set(dbs[:n_train_dbs])
     train = [it for it in interactions if it.db_id in train_dbs]
     valid = [it for it in interactions if it.db_id not in train_dbs]

@@ -681,7 +681,8 @@ def evaluate_files(gold_path, pred_path, tables_path, db_dir=None, timeout: floa
                    turns: list | None = None) -> dict:
     """Score a prediction file against a gold file (official formats). Percentages 0-100.
 
-    Prediction interactions and turns are aligned by position; a missing one is wrong. A
+    Prediction interactions and turns are aligned by position; a missing one is wrong, and
+    ``misaligned`` says where the files stop lining up (None where they do). A
     prediction or gold that cannot be parsed is wrong and listed under ``unparsable``. With
     ``db_dir`` (``db_dir/<db_id>/<db_id>.sqlite``), ``exec_acc`` is over the questions whose
     gold runs. ``question_match`` and ``interaction_match`` are the official metric's; ``strict``
@@ -786,4 +787,21 @@ def score_interactions(gold: list[list[tuple[str, str]]], preds: list[list[str]]
         "partial": {k: (100.0 * partial_sum[k] / partial_n[k] if partial_n[k] else None)
                     for k in PARTIAL_KINDS},
         "unparsable": unparsable,
+        "misaligned": misalignment(gold, preds),
     }
+
+
+def misalignment(gold: list[list], preds: list[list]) -> str | None:
+    """Where a prediction file stops lining up with its gold, in one line (None where it does):
+    a missing or extra blank line shifts every later interaction, and the score of a shifted file
+    would pass for a real one."""
+    n_g, n_p = sum(map(len, gold)), sum(map(len, preds))
+    for i, (g, p) in enumerate(zip(gold, preds)):
+        if len(g) != len(p):
+            return (f"the predictions do not line up with the gold: interaction {i} has {len(p)} "
+                    f"predicted turn(s) for {len(g)} gold ({n_p} predictions for {n_g} gold turns in all; "
+                    "a missing one counts as wrong)")
+    if len(gold) != len(preds):
+        return (f"the predictions hold {len(preds)} interaction(s), the gold {len(gold)} ({n_p} "
+                f"predictions for {n_g} gold turns; a missing one counts as wrong, an extra one is ignored)")
+    return None

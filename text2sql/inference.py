@@ -139,11 +139,18 @@ def load_ensemble(args, cfg, vocab) -> list:
     return out
 
 
+def _check_raw_weights(args, model):
+    if args.raw_weights and model.checkpoint["weights"] is None:
+        raise ConfigError(f"--raw_weights: {args.run} was trained without --ema, so it has one set of "
+                          "weights (the raw ones); leave the flag out")
+
+
 def run(args) -> int:
     # torch and nltk load here, not when the CLI builds its parser: every command starts fast
     from .train import load_run
     schema = load_schema(args)
     model, cfg, vocab = load_run(args.run, device=args.device, raw=args.raw_weights)
+    _check_raw_weights(args, model)
     talk = Conversation(model, schema, beam=args.beam, constrained=not args.no_constraints,
                         ensemble=load_ensemble(args, cfg, vocab), length_penalty=args.length_penalty,
                         fill_values=not args.no_fill_values, db_path=database_file(args))
@@ -218,11 +225,21 @@ def _split_interactions(cfg, data: str | None, split: str):
     """The interactions a run validates on (or ``split`` of ``data``), with schemas and targets."""
     from dataclasses import replace
     from .train import load_data
+    from .data import SHIPPED_DATA, split_path
     c = replace(cfg, data=data or cfg.data, tiny_dataset=0 if data else cfg.tiny_dataset)
+    # the file this split comes from (the database split cuts both sides from dev.json)
+    source = split_path(c.data or SHIPPED_DATA, "train" if split == "train" and c.protocol != "db_split" else "dev")
+
+    def log(line, *a, **k):
+        # what the reader left out of this split is said, as train says it: a score over fewer
+        # items than the file holds must not pass for one over all of them
+        if line.startswith(f"skipped: {source}:"):
+            print(line, file=sys.stderr)
+
     if split == "train":
-        train, _, schemas, targets = load_data(c, log=lambda *a: None)
+        train, _, schemas, targets = load_data(c, log=log)
         return train, schemas, targets
-    _, valid, schemas, targets = load_data(c, log=lambda *a: None)
+    _, valid, schemas, targets = load_data(c, log=log)
     return valid, schemas, targets
 
 
@@ -246,6 +263,7 @@ def _evaluate_run(args) -> dict:
     run_dir, which = checkpoint_path(args.run)
     model, cfg, vocab = load_run(run_dir, which=which, device=args.device, raw=args.raw_weights)
     model.eval()
+    _check_raw_weights(args, model)
     ensemble = load_ensemble(args, cfg, vocab)
     items, schemas, targets = _split_interactions(cfg, args.data, args.split)
     examples = make_examples(items, schemas, targets, vocab)
@@ -351,7 +369,7 @@ def _value_filling(args, schemas: dict, db_dir: str | None):
 
 
 def format_report(r: dict) -> str:
-    lines = [f"question match     {r['question_match']:.2f}",
+    lines = [*([f"warning: {r['misaligned']}"] if r.get("misaligned") else []),f"question match     {r['question_match']:.2f}",
              f"interaction match  {r['interaction_match']:.2f}",
              *([f"strict (join conditions and DISTINCT compared too): question {r['strict']['question_match']:.2f}, "
                 f"interaction {r['strict']['interaction_match']:.2f}"] if r.get("strict") else []),
@@ -368,6 +386,9 @@ def format_report(r: dict) -> str:
         tf = r["teacher_forced"]
         lines.append(f"teacher-forced: token {tf['token_acc']:.2f} (pooled {tf['token_acc_pooled']:.2f}), "
                      f"string {tf['string_acc']:.2f}, keyword {tf['keyword_acc']:.2f}, DB {tf['db_acc']:.2f}")
+    if r.get("partial") and any(v is not None for v in r["partial"].values()):
+        lines.append("partial-match F1: " + ", ".join(
+            f"{k} {v:.1f}" for k, v in r["partial"].items() if v is not None))
     if r.get("unparsable"):
         lines.append(f"unparsable: {len(r['unparsable'])}")
         for u in r["unparsable"][:20]:
@@ -491,6 +512,8 @@ def run_evaluate(args) -> int:
             raise DataError("evaluate needs --run RUN_DIR, or --gold FILE --pred FILE --tables tables.json")
         from .evaluation import evaluate_files
         report = evaluate_files(args.gold, args.pred, args.tables, args.db_dir)
+    if args.json and report.get("misaligned"):
+        print(f"warning: {report['misaligned']}", file=sys.stderr)
     print(json.dumps(report) if args.json else format_report(report))
     return 0
 

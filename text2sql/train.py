@@ -369,6 +369,21 @@ def checkpoint_path(path: str) -> tuple[str, str]:
     return path, "best.pt"
 
 
+def require_run(run_dir: str, *files: str):
+    """A one-line DataError unless ``run_dir`` is a run folder (config.json, vocab.json) holding
+    ``files``: what a command that reads a run says first, instead of a traceback."""
+    if not os.path.isdir(run_dir):
+        raise DataError(f"{run_dir}: no such run folder")
+    missing = [f for f in ("config.json", "vocab.json") if not os.path.isfile(os.path.join(run_dir, f))]
+    if missing:
+        raise DataError(f"{run_dir}: not a run folder (no {' or '.join(missing)}: train writes them when it starts)")
+    for f in files:
+        if not os.path.isfile(os.path.join(run_dir, f)):
+            why = {"best.pt": "the run has not finished an epoch yet",
+                   "last.pt": "the run has not finished an epoch yet, so there is nothing to resume"}.get(f, "")
+            raise DataError(f"{run_dir}: no {f}" + (f" ({why})" if why else ""))
+
+
 def init_weights(model: Text2SQL, path: str, cfg: TrainConfig) -> dict:
     """``--init_from``: ``model`` takes the weights of the checkpoint at ``path``, the averaged ones
     where it kept ``--ema`` (its validated weights; the average covers only what trained there, and
@@ -467,6 +482,7 @@ def load_run(run_dir: str, device: str = "cpu", which: str | None = None, raw: b
     validated with, unless ``raw``."""
     if which is None:
         run_dir, which = checkpoint_path(run_dir)
+    require_run(run_dir, which)
     cfg = TrainConfig.load(run_dir)
     cfg.device = device
     vocab = Vocab.load(os.path.join(run_dir, "vocab.json"))
@@ -603,8 +619,20 @@ class Teachers:
 # ------------------------------------------------------------------------------------------
 # the run
 # ------------------------------------------------------------------------------------------
+def check_run_dir(cfg: TrainConfig):
+    """A folder that already holds a trained run is never trained over: its checkpoints and
+    metrics would be replaced. One that holds only a config and vocabulary (a run stopped before
+    its first epoch ended) may start again."""
+    if cfg.run_dir and os.path.isdir(cfg.run_dir):
+        held = sorted(f for f in os.listdir(cfg.run_dir) if f.endswith(".pt") or f == "metrics.jsonl")
+        if held:
+            raise ConfigError(f"--run_dir {cfg.run_dir} already holds a run ({', '.join(held[:3])}): "
+                              f"--resume {cfg.run_dir} continues it; a new run needs another folder")
+
+
 def new_run_dir(cfg: TrainConfig) -> str:
     if cfg.run_dir:
+        check_run_dir(cfg)
         os.makedirs(cfg.run_dir, exist_ok=True)
         return cfg.run_dir
     base = os.path.join(cfg.logdir, time.strftime("%b%d_%H-%M-%S") + "_" + socket.gethostname())
@@ -635,6 +663,27 @@ class _NoWriter:
 
 class Trainer:
     def __init__(self, cfg: TrainConfig, log=print, progress: bool = True):
+        self._fresh = None            # (run folder, whether it existed, its files then), once made
+        try:
+            self._build(cfg, log, progress)
+        except BaseException:
+            # a run that fails while it is set up (a teacher or --init_from checkpoint that does
+            # not fit, bad data) leaves no half-written folder for `runs` to list
+            self._discard_fresh_dir()
+            raise
+
+    def _discard_fresh_dir(self):
+        if self._fresh is None:
+            return
+        path, existed, before = self._fresh
+        import shutil
+        for f in set(os.listdir(path)) - before if os.path.isdir(path) else ():
+            full = os.path.join(path, f)
+            shutil.rmtree(full, ignore_errors=True) if os.path.isdir(full) else os.remove(full)
+        if not existed and os.path.isdir(path) and not os.listdir(path):
+            os.rmdir(path)
+
+    def _build(self, cfg: TrainConfig, log, progress: bool):
         from .distributed import setup
         resume_dir = cfg.resume
         changed = {}
@@ -642,9 +691,19 @@ class Trainer:
             # (a resumed run that started from --init_from keeps it in its saved config, harmlessly)
             raise ConfigError("--init_from cannot go with --resume: a resumed run continues from its own last.pt")
         if resume_dir:
+            require_run(resume_dir, "last.pt")
             saved = TrainConfig.load(resume_dir)
             # from the command line, the flags given; from Python, the values off their defaults
             given = getattr(cfg, "given", None)
+            # any other flag given with a new value would be silently ignored: the run's model,
+            # data and batches are its saved config's
+            fixed = sorted(k for k in (given or ()) if k not in RESUME_MAY_CHANGE and k != "resume"
+                           and getattr(cfg, k) != getattr(saved, k))
+            if fixed:
+                raise ConfigError(f"--resume {resume_dir}: " + ", ".join(
+                    f"--{k} {getattr(cfg, k)} (the run has {getattr(saved, k)})" for k in fixed)
+                    + " cannot change on a resume; only " + ", ".join(f"--{k}" for k in RESUME_MAY_CHANGE)
+                    + " may. Start a new run, or --init_from this one")
             for k in RESUME_MAY_CHANGE:
                 new = getattr(cfg, k)
                 asked = k in given if given is not None else new != TrainConfig.__dataclass_fields__[k].default
@@ -654,6 +713,8 @@ class Trainer:
             saved.resume = resume_dir
             cfg = saved
         cfg.check()                  # before anything is loaded or written
+        if not resume_dir:
+            check_run_dir(cfg)       # on every rank, before rank 0 makes the folder the others wait for
         self.dist, cfg.device = setup(cfg.device)
         self.log = log if self.dist.main else (lambda *a, **k: None)
         log = self.log
@@ -676,8 +737,11 @@ class Trainer:
                 # the vocabulary is a function of the data, so every rank builds the same one
                 self.vocab = Vocab.build([t for i in train for t in targets[id(i)]],
                                          [self.schemas[i.db_id] for i in train])
+            existed = bool(cfg.run_dir) and os.path.isdir(cfg.run_dir)
+            before = set(os.listdir(cfg.run_dir)) if existed else set()
             self.run_dir = self.dist.broadcast_object(new_run_dir(cfg) if self.dist.main else None)
             if self.dist.main:
+                self._fresh = (self.run_dir, existed, before)
                 self.vocab.save(os.path.join(self.run_dir, "vocab.json"))
                 cfg.save(self.run_dir)
         self.train_ex = make_examples(train, self.schemas, targets, self.vocab)
@@ -897,6 +961,10 @@ class Trainer:
         from tqdm import tqdm
         cfg = self.cfg
         self.model.train()
+        if self.epoch >= cfg.epochs or self.out_of_steps():
+            self.log(f"nothing to do: the run is at epoch {self.epoch} of --epochs {cfg.epochs}"
+                     + (f", step {self.step} of --max_steps {cfg.max_steps}" if cfg.max_steps else "")
+                     + " (raise them with --resume RUN --epochs N to train on)")
         self.write_status("running")
         while self.epoch < cfg.epochs and not self.out_of_steps():
             start = time.time()
