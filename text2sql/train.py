@@ -626,8 +626,10 @@ def check_run_dir(cfg: TrainConfig):
     if cfg.run_dir and os.path.isdir(cfg.run_dir):
         held = sorted(f for f in os.listdir(cfg.run_dir) if f.endswith(".pt") or f == "metrics.jsonl")
         if held:
+            how = (f"--resume {cfg.run_dir} continues it" if "last.pt" in held else
+                   "it has no last.pt to resume from; remove the folder to start it again")
             raise ConfigError(f"--run_dir {cfg.run_dir} already holds a run ({', '.join(held[:3])}): "
-                              f"--resume {cfg.run_dir} continues it; a new run needs another folder")
+                              f"{how}; a new run needs another folder")
 
 
 def new_run_dir(cfg: TrainConfig) -> str:
