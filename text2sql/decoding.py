@@ -96,6 +96,9 @@ class Grammar:
         self.join_kinds = set(ids(_JOIN_KINDS))
         self.open_list = sorted(self.open_ids | self.join_kinds)    # what the length budget refuses
         self.join_next = ids(("join", *_JOIN_KINDS))
+        # what follows each join kind: JOIN, and OUTER after LEFT or RIGHT, so it cannot loop
+        self.join_after = {vocab.index[k]: ids(("join", "outer") if k in ("left", "right") else ("join",))
+                           for k in _JOIN_KINDS if k in vocab.index}
 
     @property
     def tables(self) -> list[list[int] | None]:
@@ -116,9 +119,9 @@ class Grammar:
         With the row's table units known: a table comes exactly after ``from``/``join`` (or a
         subquery's ``(``), and nothing else does."""
         last = prefix[-1] if prefix else None
-        if last in self.join_kinds:             # "left outer join": a join follows
+        if last in self.join_kinds:             # "inner join", "left outer join": a join follows
             only = torch.zeros(size, dtype=torch.bool)
-            only[self.join_next] = True
+            only[self.join_after[last]] = True
             return only
         if last in self.aggregates:             # "count (": the reader takes nothing else
             only = torch.zeros(size, dtype=torch.bool)
