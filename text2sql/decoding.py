@@ -49,13 +49,15 @@ _BINARY = ("and", "or", "=", "!=", "<>", "<", ">", "<=", ">=", "+", "/", "%", "|
            "between", "in", "is", "as", "on")
 # what may follow "not" although it is (or reads as) a binary operator: "x not in ( select ..."
 _AFTER_NOT = ("in", "like", "between", "exists")
-# what may follow a complete operand (a DB unit, "*", a value, ")", a direction): every keyword
-# that follows one in SParC's train and dev targets, and the other binary operators
+# the words before JOIN the reader takes ("left outer join")
 _JOIN_KINDS = ("inner", "left", "right", "outer", "cross")
+# what may follow a complete operand (a DB unit, "*", a value, ")", a direction): every keyword
+# that follows one in SParC's train and dev targets, the other binary operators, and the join
+# kinds that can start a join (OUTER comes only after LEFT or RIGHT)
 _AFTER_OPERAND = ("=", "!=", "<>", "<", ">", "<=", ">=", "+", "-", "/", "%", "||", "and", "or", "not",
                   "in", "like", "between", "is", "glob", "as", ",", ")", "from", "join", "on",
-                  *_JOIN_KINDS, "where", "group_by", "having", "order_by", "limit", "asc", "desc",
-                  "intersect", "union", "except")
+                  "inner", "left", "right", "cross", "where", "group_by", "having", "order_by", "limit",
+                  "asc", "desc", "intersect", "union", "except")
 
 
 class Grammar:
