@@ -24,14 +24,23 @@ def trained(concert_data, tmp_path):
     return tr
 
 
-def test_grammar_rules(concert_schema):
+def _grammar_probe(schema):
+    """A grammar over the bare vocabulary and the test schema, and ``ok(prefix, next, left=None)``:
+    whether it allows token ``next`` after the tokens ``prefix``."""
     from text2sql.vocab import Vocab
     v = Vocab.build([], [])
     g = Grammar(v)
-    size = len(v) + len(concert_schema.units)
+    size = len(v) + len(schema.units)
+    ids = lambda toks: v.encode(toks, schema)[:-1]   # noqa: E731
+    joint = lambda tok: v.index[tok] if tok in v.index else ids([tok])[0]   # noqa: E731
+    ok = lambda toks, nxt, left=None: bool(g.allowed(ids(toks), size, left=left)[joint(nxt)])   # noqa: E731
+    return v, g, size, ids, ok
+
+
+def test_grammar_rules(concert_schema):
+    v, g, size, ids, _ = _grammar_probe(concert_schema)
     first = g.allowed([], size)
     assert first.sum() == 1 and first[v.index["select"]]
-    ids = lambda toks: v.encode(toks, concert_schema)[:-1]   # noqa: E731
     after_open = g.allowed(ids(["select", "count", "("]), size)
     assert not after_open[v.index[")"]] and not after_open[v.eos]
     inside = g.allowed(ids(["select", "count", "(", "singer.*"]), size)
@@ -44,13 +53,7 @@ def test_grammar_rules(concert_schema):
 
 def test_grammar_allows_each_clause_once_per_select(concert_schema):
     from text2sql.sql_tokens import tokens_to_sql
-    from text2sql.vocab import Vocab
-    v = Vocab.build([], [])
-    g = Grammar(v)
-    size = len(v) + len(concert_schema.units)
-    ids = lambda toks: v.encode(toks, concert_schema)[:-1]   # noqa: E731
-    joint = lambda tok: v.index[tok] if tok in v.index else ids([tok])[0]   # noqa: E731
-    ok = lambda toks, nxt: bool(g.allowed(ids(toks), size)[joint(nxt)])   # noqa: E731
+    v, _, size, ids, ok = _grammar_probe(concert_schema)
     w = ["select", "singer.name", "where", "singer.age", ">", "value"]
     assert ok(["select", "singer.name"], "where") and not ok(w, "where")
     assert ok(w, "order_by") and not ok(w + ["order_by", "singer.age", "limit", "value"], "limit")
@@ -102,13 +105,7 @@ def test_grammar_allows_each_clause_once_per_select(concert_schema):
 
 
 def test_grammar_puts_operators_and_parentheses_where_the_reader_takes_them(concert_schema):
-    from text2sql.vocab import Vocab
-    v = Vocab.build([], [])
-    g = Grammar(v)
-    size = len(v) + len(concert_schema.units)
-    ids = lambda toks: v.encode(toks, concert_schema)[:-1]   # noqa: E731
-    joint = lambda tok: v.index[tok] if tok in v.index else ids([tok])[0]   # noqa: E731
-    ok = lambda toks, nxt: bool(g.allowed(ids(toks), size)[joint(nxt)])   # noqa: E731
+    v, g, size, ids, ok = _grammar_probe(concert_schema)
     # R1: an aggregate is followed by "(" and nothing else ("select avg and value")
     for agg in ("count", "sum", "avg", "min", "max"):
         mask = g.allowed(ids(["select", agg]), size)
@@ -141,13 +138,7 @@ def test_grammar_puts_operators_and_parentheses_where_the_reader_takes_them(conc
 
 
 def test_grammar_after_an_operand_directions_joins_and_the_length_budget(concert_schema):
-    from text2sql.vocab import Vocab
-    v = Vocab.build([], [])
-    g = Grammar(v)
-    size = len(v) + len(concert_schema.units)
-    ids = lambda toks: v.encode(toks, concert_schema)[:-1]   # noqa: E731
-    joint = lambda tok: v.index[tok] if tok in v.index else ids([tok])[0]   # noqa: E731
-    ok = lambda toks, nxt, left=None: bool(g.allowed(ids(toks), size, left=left)[joint(nxt)])   # noqa: E731
+    v, g, size, ids, ok = _grammar_probe(concert_schema)
     s = ["select", "singer.name"]
     # after a complete operand: no second operand without its comma, no keyword out of place
     for nxt in ("singer.age", "value", "*", "count", "distinct", "right", "case", "select", "("):
@@ -501,12 +492,8 @@ def test_evaluate_a_runs_last_checkpoint_and_a_snapshot_ensemble(trained, tmp_pa
 
 def test_grammar_puts_tables_exactly_after_from_and_join(concert_schema):
     from text2sql.train import table_units
-    from text2sql.vocab import Vocab
-    v = Vocab.build([], [])
-    g = Grammar(v)
+    v, g, size, ids, _ = _grammar_probe(concert_schema)
     g.tables = [table_units(concert_schema)]
-    size = len(v) + len(concert_schema.units)
-    ids = lambda toks: v.encode(toks, concert_schema)[:-1]   # noqa: E731
     table_ids = [len(v) + j for j in table_units(concert_schema)]
     after_from = g.allowed(ids(["select", "singer.name", "from"]), size)
     assert after_from[table_ids].all() and after_from[v.index["("]]

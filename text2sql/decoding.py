@@ -34,7 +34,7 @@ import torch
 from .decoder import NEG, DecoderMemory, mean_distribution
 from .errors import DataError
 from .schema import Schema
-from .sql_tokens import CLAUSES, SET_OPS, tokens_to_sql
+from .sql_tokens import AGGREGATES, CLAUSES, SET_OPS, tokens_to_sql
 from .tensors import to_device
 from .vocab import Vocab
 
@@ -43,7 +43,6 @@ _OPEN = {"select", "from", "join", "on", "as", "where", "group_by", "having", "o
          "and", "or", "not", "in", "like", "between", "is", "distinct", "(", ",", "=", "!=", "<>", "<",
          ">", "<=", ">=", "+", "-", "/", "%", "||", "intersect", "union", "except", "exists",
          "count", "sum", "avg", "min", "max", "glob", "<go>"}
-_AGGREGATES = ("count", "sum", "avg", "min", "max")
 # operators that take a left operand: never right after an _OPEN token ("-" can be a unary minus)
 _BINARY = ("and", "or", "=", "!=", "<>", "<", ">", "<=", ">=", "+", "/", "%", "||", "like", "glob",
            "between", "in", "is", "as", "on")
@@ -81,7 +80,8 @@ class Grammar:
         self.tables = []
         self.clauses = {vocab.index[t] for t in CLAUSES + ("from",) if t != "select" and t in vocab.index}
         self.from_id = vocab.index.get("from")
-        self.from_only = [vocab.index[t] for t in ("join", "on") if t in vocab.index]
+        # JOIN, ON and the join kinds belong in a FROM clause
+        self.from_only = [vocab.index[t] for t in ("join", "on", *_JOIN_KINDS) if t in vocab.index]
         self.set_ops = {vocab.index[t] for t in SET_OPS if t in vocab.index}
         self.clause_or_set_op = sorted(self.clauses | self.set_ops)
         # clauses that hold a comma-separated list (None: the SELECT list, before any other clause)
@@ -89,7 +89,7 @@ class Grammar:
         self.comma = vocab.index.get(",")
         self.distinct = vocab.index.get("distinct")
         ids = lambda toks: [vocab.index[t] for t in toks if t in vocab.index]   # noqa: E731
-        self.aggregates = set(ids(_AGGREGATES))
+        self.aggregates = set(ids(AGGREGATES))
         self.binary = ids(_BINARY)
         self.not_id = vocab.index.get("not")
         self.binary_after_not = [t for t in self.binary if t not in set(ids(_AFTER_NOT))]
@@ -97,7 +97,6 @@ class Grammar:
         self.after_operand[ids(_AFTER_OPERAND) + [vocab.eos]] = True
         self.join_kinds = set(ids(_JOIN_KINDS))
         self.open_list = sorted(self.open_ids | self.join_kinds)    # what the length budget refuses
-        self.join_next = ids(("join", *_JOIN_KINDS))
         # what follows each join kind: JOIN, and OUTER after LEFT or RIGHT, so it cannot loop
         self.join_after = {vocab.index[k]: ids(("join", "outer") if k in ("left", "right") else ("join",))
                            for k in _JOIN_KINDS if k in vocab.index}
@@ -121,17 +120,14 @@ class Grammar:
         With the row's table units known: a table comes exactly after ``from``/``join`` (or a
         subquery's ``(``), and nothing else does."""
         last = prefix[-1] if prefix else None
-        if last in self.join_kinds:             # "inner join", "left outer join": a join follows
+        forced = (self.join_after[last] if last in self.join_kinds          # "left outer join"
+                  else self.open_paren if last in self.aggregates           # "count (": nothing else
+                  # "from ( select ...": a subquery
+                  else self.select if last == self.open_paren and len(prefix) > 1 and prefix[-2] in self.table_slots
+                  else None)
+        if forced is not None:
             only = torch.zeros(size, dtype=torch.bool)
-            only[self.join_after[last]] = True
-            return only
-        if last in self.aggregates:             # "count (": the reader takes nothing else
-            only = torch.zeros(size, dtype=torch.bool)
-            only[self.open_paren] = True
-            return only
-        if last == self.open_paren and len(prefix) > 1 and prefix[-2] in self.table_slots:
-            only = torch.zeros(size, dtype=torch.bool)      # "from ( select ...": a subquery
-            only[self.select] = True
+            only[forced] = True
             return only
         ok = torch.ones(size, dtype=torch.bool)
         table_ids = self._table_ids[row] if row < len(self._table_ids) else None
@@ -181,7 +177,6 @@ class Grammar:
             ok[repeat] = False
         if not in_from:
             ok[self.from_only] = False
-            ok[self.join_next] = False
         if clause != self.order_by or last in self.directions:
             # ASC / DESC end an ORDER BY item, once: not in another clause ("from ( ... ) desc"),
             # not twice ("desc desc ...")

@@ -633,8 +633,8 @@ def check_run_dir(cfg: TrainConfig):
 
 
 def new_run_dir(cfg: TrainConfig) -> str:
+    """The run's folder, made; ``check_run_dir`` has refused a --run_dir that holds a run."""
     if cfg.run_dir:
-        check_run_dir(cfg)
         os.makedirs(cfg.run_dir, exist_ok=True)
         return cfg.run_dir
     base = os.path.join(cfg.logdir, time.strftime("%b%d_%H-%M-%S") + "_" + socket.gethostname())
